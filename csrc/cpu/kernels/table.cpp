@@ -1,0 +1,13 @@
+// The kernel table of one ISA build: every CPU kernel is listed here once.
+#include "../isa.h"
+
+namespace vl3fast::cpu::VL3FAST_ISA_NS {
+
+void apply_rope2d(const Rope2dParams& p);
+
+const KernelTable& kernel_table() {
+  static const KernelTable table{&apply_rope2d};
+  return table;
+}
+
+}  // namespace vl3fast::cpu::VL3FAST_ISA_NS

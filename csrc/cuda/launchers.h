@@ -1,0 +1,20 @@
+// Host-side entry points of the CUDA kernels.  Plain C++ (no CUDA headers), so csrc/bindings.cpp
+// is compiled by the host compiler; `stream` is a cudaStream_t passed as an integer from Python.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "vl3fast/params.h"
+
+namespace vl3fast::cuda {
+
+// Number of visible devices, or -1 with `error` set when the driver/runtime cannot be used.
+int device_count(std::string& error);
+int runtime_version();
+// Real architectures compiled into the module, e.g. "80;90a" (from CMAKE_CUDA_ARCHITECTURES).
+const char* compiled_archs();
+
+void rope2d_position_ids(const PositionIdsParams& p, int device, uintptr_t stream);
+void apply_rope2d(const Rope2dParams& p, int device, uintptr_t stream);
+
+}  // namespace vl3fast::cuda

@@ -1,0 +1,11 @@
+"""vl3fast: fast kernels, model and processing for VideoLLaMA3-style image and video understanding.
+
+The compiled core (`vl3fast._C`) has no torch dependency; `vl3fast.ops` wraps it as torch.library
+custom ops, and `vl3fast.reference` holds the pure-PyTorch semantics every kernel is tested against.
+"""
+from ._backend import cuda_available, cuda_status
+from ._version import __version__
+from .info import info
+from . import ops, reference
+
+__all__ = ["__version__", "info", "cuda_available", "cuda_status", "ops", "reference"]

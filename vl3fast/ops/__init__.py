@@ -1,0 +1,9 @@
+"""vl3fast's kernels as torch.library custom ops (fake implementations and autograd included).
+
+Each op validates its arguments (ValueError/TypeError naming the argument), allocates its outputs
+and calls the compiled core for the tensors' device.  Oracles live in vl3fast.reference.
+"""
+from .positions import rope2d_position_ids
+from .rope2d import apply_rope2d
+
+__all__ = ["rope2d_position_ids", "apply_rope2d"]

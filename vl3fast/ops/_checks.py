@@ -1,0 +1,100 @@
+"""Argument validation shared by the ops: every message names the argument and what was expected.
+
+Shape/dtype/device checks run in both the real and the fake (meta) implementations; checks that need
+tensor values run only where the values are on the host, so they never add a device sync.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+INT_DTYPES = (torch.int32, torch.int64)
+
+
+def _names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(name: str, t, *, dtypes: Sequence[torch.dtype], ndim: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype in ({_names(dtypes)}), got {str(t.dtype).replace('torch.', '')}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(t.shape)}")
+    if t.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: expected a CPU or CUDA tensor, got device {t.device}")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {listed}")
+
+
+def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
+    if t.dim() > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(
+            f"{name}: the last dim must be contiguous (stride 1), got strides {tuple(t.stride())}; "
+            f"call .contiguous() first"
+        )
+
+
+def check_head_dim(name: str, head_dim: int) -> None:
+    if head_dim % 4 != 0 or not 4 <= head_dim <= 256:
+        raise ValueError(
+            f"{name}: head dim must be a multiple of 4 in [4, 256] (2D RoPE splits it into row and column "
+            f"quarters), got {head_dim}"
+        )
+
+
+def check_positions(pos_hw: torch.Tensor, num_tokens: int) -> None:
+    check_tensor("pos_hw", pos_hw, dtypes=(torch.int32,), ndim=2)
+    if pos_hw.shape[0] != num_tokens or pos_hw.shape[1] != 2:
+        raise ValueError(f"pos_hw: expected shape [{num_tokens}, 2] (row, col per token), got {tuple(pos_hw.shape)}")
+
+
+def check_position_values(pos_hw: torch.Tensor) -> None:
+    """Positions must be in [0, 2**24) so that float32(position) is exact. Host tensors only (no sync)."""
+    if pos_hw.device.type != "cpu" or pos_hw.numel() == 0:
+        return
+    lo, hi = int(pos_hw.min()), int(pos_hw.max())
+    if lo < 0 or hi >= 1 << 24:
+        raise ValueError(f"pos_hw: positions must be in [0, 2**24), got values in [{lo}, {hi}]")
+
+
+def check_theta(theta: float) -> None:
+    if not (isinstance(theta, (int, float)) and theta > 0 and theta != float("inf")):
+        raise ValueError(f"theta: expected a positive finite float, got {theta!r}")
+
+
+def check_grid(grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> None:
+    """Shape/dtype checks of a visual grid; values are checked by grid_values()."""
+    check_tensor("grid_thw", grid_thw, dtypes=INT_DTYPES, ndim=2)
+    check_tensor("merge_sizes", merge_sizes, dtypes=INT_DTYPES, ndim=1)
+    if grid_thw.shape[1] != 3:
+        raise ValueError(f"grid_thw: expected shape [N, 3] (t, h, w per item), got {tuple(grid_thw.shape)}")
+    if merge_sizes.shape[0] != grid_thw.shape[0]:
+        raise ValueError(
+            f"merge_sizes: expected one merge size per grid row ({grid_thw.shape[0]}), got {merge_sizes.shape[0]}"
+        )
+
+
+def grid_values(grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """[(t, h, w, m)] after checking the values.  This is the one host sync of a visual forward."""
+    check_grid(grid_thw, merge_sizes)
+    rows = [(*g, m) for g, m in zip(grid_thw.tolist(), merge_sizes.tolist())]
+    for i, (t, h, w, m) in enumerate(rows):
+        if min(t, h, w) <= 0:
+            raise ValueError(f"grid_thw[{i}] = {(t, h, w)}: t, h and w must be positive")
+        if m <= 0:
+            raise ValueError(f"merge_sizes[{i}] = {m}: must be positive")
+        if h % m or w % m:
+            raise ValueError(f"grid_thw[{i}] = {(t, h, w)}: h and w must be divisible by merge_sizes[{i}] = {m}")
+    total = sum(t * h * w for t, h, w, _ in rows)
+    if total >= 1 << 31:
+        raise ValueError(f"grid_thw: {total} patches in total; at most 2**31 - 1 are supported (int32 offsets)")
+    return rows
