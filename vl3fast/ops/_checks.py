@@ -24,7 +24,7 @@ def check_tensor(name: str, t, *, dtypes: Sequence[torch.dtype], ndim: int | Non
         raise TypeError(f"{name}: expected dtype in ({_names(dtypes)}), got {str(t.dtype).replace('torch.', '')}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(t.shape)}")
-    if t.device.type not in ("cpu", "cuda"):
+    if t.device.type not in ("cpu", "cuda", "meta"):  # meta: shape-only tracing runs the fake impls
         raise ValueError(f"{name}: expected a CPU or CUDA tensor, got device {t.device}")
 
 

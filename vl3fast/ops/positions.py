@@ -30,10 +30,11 @@ def _rope2d_position_ids(grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> t
 def _(grid_thw, merge_sizes):
     check_grid(grid_thw, merge_sizes)
     ctx = torch.library.get_ctx()
-    num_tokens, num_frames = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+    # Sizes depend on the grid's values: T tokens and S + 1 segment bounds (S + 1 >= 1).
+    num_tokens, num_bounds = ctx.new_dynamic_size(), ctx.new_dynamic_size(min=1)
     return (
         grid_thw.new_empty((num_tokens, 2), dtype=torch.int32),
-        grid_thw.new_empty((num_frames + 1,), dtype=torch.int32),
+        grid_thw.new_empty((num_bounds,), dtype=torch.int32),
     )
 
 

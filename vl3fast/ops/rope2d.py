@@ -80,4 +80,5 @@ def apply_rope2d(x: torch.Tensor, pos_hw: torch.Tensor, theta: float = 10000.0) 
     in float32 (spec A).  fp32/bf16/fp16 in, same dtype out; differentiable in x.  Heads may be strided
     (e.g. a view of a fused qkv projection) as long as the last dim is contiguous.
     """
+    _check(x, pos_hw, theta)  # also inside the op; here first so non-tensors get a named TypeError
     return torch.ops.vl3fast.apply_rope2d(x, pos_hw, float(theta), False)
