@@ -4,8 +4,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <string>
 
+#include <omp.h>
+
+#include "cpu/attention_tiles.h"
 #include "cpu/isa.h"
 #include "cpu/positions.h"
 #include "vl3fast/params.h"
@@ -100,6 +104,129 @@ void apply_rope2d(const TensorRef& x, const TensorRef& pos_hw, const TensorRef& 
   cpu::kernels().apply_rope2d(p);
 }
 
+// ---- rope2d attention ---------------------------------------------------------------------------
+
+// Checks one [T, H, D] operand of an attention call against q.
+void expect_thd(const TensorRef& t, const TensorRef& q, const char* name) {
+  expect(t.ndim == 3, std::string("rope2d_attention: ") + name + " must be [T, H, D]");
+  for (int i = 0; i < 3; ++i)
+    expect(t.sizes[i] == q.sizes[i], std::string("rope2d_attention: ") + name + " must have the shape of q");
+  expect(t.dtype == q.dtype, std::string("rope2d_attention: ") + name + " must have the dtype of q");
+  expect(t.strides[2] == 1, std::string("rope2d_attention: the last dim of ") + name + " must be contiguous");
+}
+
+int attention_threads() { return omp_get_max_threads(); }
+
+// Bytes of workspace the CPU kernel needs (the caller allocates it; kernels never allocate).
+int64_t rope2d_attention_workspace_bytes(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim,
+                                         bool backward) {
+  return cpu::attention_workspace_layout(num_tokens, num_segments, num_heads, head_dim, attention_threads(), backward)
+      .total;
+}
+
+AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
+                                 const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
+                                 const TensorRef& lse, const TensorRef& workspace, double scale, bool backward) {
+  expect(q.ndim == 3, "rope2d_attention: q must be [T, H, D]");
+  expect(q.strides[2] == 1, "rope2d_attention: the last dim of q must be contiguous");
+  expect_thd(k, q, "k");
+  expect_thd(v, q, "v");
+  expect_thd(out, q, "out");
+  const int64_t head_dim = q.sizes[2];
+  expect(head_dim >= 4 && head_dim <= cpu::kAttnMaxHeadDim && head_dim % 4 == 0,
+         "rope2d_attention: head_dim must be a multiple of 4 in [4, 256], got " + std::to_string(head_dim));
+  expect_ref(cu_seqlens, "cu_seqlens", DType::kInt32, 1);
+  expect(is_contiguous(cu_seqlens) && cu_seqlens.sizes[0] >= 1, "cu_seqlens: expected contiguous [S + 1]");
+  expect_ref(pos_hw, "pos_hw", DType::kInt32, 2);
+  expect(pos_hw.sizes[0] == q.sizes[0] && pos_hw.sizes[1] == 2 && is_contiguous(pos_hw),
+         "pos_hw: expected contiguous [T, 2]");
+  expect_ref(inv_freq, "inv_freq", DType::kFloat32, 1);
+  expect(inv_freq.sizes[0] == head_dim / 4 && is_contiguous(inv_freq), "inv_freq: expected contiguous [D / 4]");
+  expect_ref(lse, "lse", DType::kFloat32, 2);
+  expect(lse.sizes[0] == q.sizes[1] && lse.sizes[1] == q.sizes[0] && is_contiguous(lse), "lse: expected contiguous [H, T]");
+  expect_ref(workspace, "workspace", DType::kUInt8, 1);
+  expect(std::isfinite(scale) && scale > 0, "rope2d_attention: scale must be finite and positive");
+  AttentionParams p;
+  p.q = q.data;
+  p.k = k.data;
+  p.v = v.data;
+  p.q_stride_token = q.strides[0];
+  p.q_stride_head = q.strides[1];
+  p.k_stride_token = k.strides[0];
+  p.k_stride_head = k.strides[1];
+  p.v_stride_token = v.strides[0];
+  p.v_stride_head = v.strides[1];
+  p.out = out.data;
+  p.out_stride_token = out.strides[0];
+  p.out_stride_head = out.strides[1];
+  p.lse = static_cast<float*>(lse.data);
+  p.cu_seqlens = static_cast<const int32_t*>(cu_seqlens.data);
+  p.pos_hw = static_cast<const int32_t*>(pos_hw.data);
+  p.inv_freq = static_cast<const float*>(inv_freq.data);
+  p.num_tokens = q.sizes[0];
+  p.num_segments = cu_seqlens.sizes[0] - 1;
+  p.num_heads = static_cast<int32_t>(q.sizes[1]);
+  p.head_dim = static_cast<int32_t>(head_dim);
+  p.scale = static_cast<float>(scale);
+  p.dtype = q.dtype;
+  p.workspace = workspace.data;
+  p.workspace_bytes = workspace.sizes[0];
+  p.num_threads = attention_threads();
+  const int64_t needed = cpu::attention_workspace_layout(p.num_tokens, p.num_segments, p.num_heads, p.head_dim,
+                                                         p.num_threads, backward).total;
+  expect(p.workspace_bytes >= needed, "rope2d_attention: workspace too small (" + std::to_string(p.workspace_bytes) +
+                                          " < " + std::to_string(needed) + " bytes)");
+  return p;
+}
+
+// The cu_seqlens values are validated here too (host memory): the kernel trusts them.
+void expect_cu_seqlens_values(const AttentionParams& p) {
+  expect(p.cu_seqlens[0] == 0, "cu_seqlens: must start at 0");
+  for (int64_t s = 0; s < p.num_segments; ++s)
+    expect(p.cu_seqlens[s + 1] >= p.cu_seqlens[s], "cu_seqlens: must be non-decreasing");
+  expect(p.cu_seqlens[p.num_segments] == p.num_tokens, "cu_seqlens: last value must equal T");
+}
+
+void rope2d_attention_forward(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
+                              const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
+                              const TensorRef& lse, const TensorRef& workspace, double scale) {
+  const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse}, "rope2d_attention");
+  expect(device < 0, "rope2d_attention: no CUDA kernel yet (CPU tensors only)");
+  AttentionParams p = attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, false);
+  expect_cu_seqlens_values(p);
+  if (p.num_tokens == 0 || p.num_heads == 0) return;
+  cpu::kernels().rope2d_attention_forward(p);
+}
+
+void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
+                               const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
+                               const TensorRef& lse, const TensorRef& dout, const TensorRef& dq, const TensorRef& dk,
+                               const TensorRef& dv, const TensorRef& workspace, double scale) {
+  const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse, &dout, &dq, &dk, &dv},
+                                   "rope2d_attention_backward");
+  expect(device < 0, "rope2d_attention_backward: no CUDA kernel yet (CPU tensors only)");
+  AttentionParams p = attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, true);
+  expect_thd(dout, q, "dout");
+  expect_thd(dq, q, "dq");
+  expect_thd(dk, q, "dk");
+  expect_thd(dv, q, "dv");
+  expect_cu_seqlens_values(p);
+  p.dout = dout.data;
+  p.dout_stride_token = dout.strides[0];
+  p.dout_stride_head = dout.strides[1];
+  p.dq = dq.data;
+  p.dk = dk.data;
+  p.dv = dv.data;
+  p.dq_stride_token = dq.strides[0];
+  p.dq_stride_head = dq.strides[1];
+  p.dk_stride_token = dk.strides[0];
+  p.dk_stride_head = dk.strides[1];
+  p.dv_stride_token = dv.strides[0];
+  p.dv_stride_head = dv.strides[1];
+  if (p.num_tokens == 0 || p.num_heads == 0) return;
+  cpu::kernels().rope2d_attention_backward(p);
+}
+
 py::dict info() {
   py::dict d;
   d["version"] = VL3FAST_VERSION;
@@ -159,4 +286,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
   m.def("apply_rope2d", &apply_rope2d, py::arg("x"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"),
         py::arg("inverse"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+  m.def("rope2d_attention_workspace_bytes", &rope2d_attention_workspace_bytes, py::arg("num_tokens"),
+        py::arg("num_segments"), py::arg("num_heads"), py::arg("head_dim"), py::arg("backward"),
+        "Bytes of uint8 workspace rope2d_attention_forward/backward need with the current thread count.");
+  m.def("rope2d_attention_forward", &rope2d_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
+        py::arg("workspace"), py::arg("scale"), py::call_guard<py::gil_scoped_release>());
+  m.def("rope2d_attention_backward", &rope2d_attention_backward, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
+        py::arg("dout"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("workspace"), py::arg("scale"),
+        py::call_guard<py::gil_scoped_release>());
 }

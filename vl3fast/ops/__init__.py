@@ -3,7 +3,8 @@
 Each op validates its arguments (ValueError/TypeError naming the argument), allocates its outputs
 and calls the compiled core for the tensors' device.  Oracles live in vl3fast.reference.
 """
+from .attention import rope2d_attention
 from .positions import rope2d_position_ids
 from .rope2d import apply_rope2d
 
-__all__ = ["rope2d_position_ids", "apply_rope2d"]
+__all__ = ["rope2d_position_ids", "apply_rope2d", "rope2d_attention"]

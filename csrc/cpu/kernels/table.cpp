@@ -4,9 +4,11 @@
 namespace vl3fast::cpu::VL3FAST_ISA_NS {
 
 void apply_rope2d(const Rope2dParams& p);
+void rope2d_attention_forward(const AttentionParams& p);
+void rope2d_attention_backward(const AttentionParams& p);
 
 const KernelTable& kernel_table() {
-  static const KernelTable table{&apply_rope2d};
+  static const KernelTable table{&apply_rope2d, &rope2d_attention_forward, &rope2d_attention_backward};
   return table;
 }
 

@@ -35,3 +35,46 @@ struct Rope2dParams {
 };
 
 }  // namespace vl3fast
+
+namespace vl3fast {
+
+// Packed non-causal attention inside cu_seqlens segments, with VideoLLaMA3's 2D RoPE applied to q and k
+// inside the kernel (see Rope2dParams for the rotation).  q/k/v/out/dout/dq/dk/dv are [T, H, D] with
+// the last dim contiguous and arbitrary token/head strides (views of a fused qkv projection work).
+// lse is the log-sum-exp of the scaled logits, float32 [H, T] contiguous.  `workspace` is caller-owned
+// scratch of `workspace_bytes` bytes (size from cpu/attention_tiles.h); kernels never allocate.
+struct AttentionParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  int64_t q_stride_token = 0, q_stride_head = 0;
+  int64_t k_stride_token = 0, k_stride_head = 0;
+  int64_t v_stride_token = 0, v_stride_head = 0;
+  void* out = nullptr;  // forward output; backward input (for rowsum(dout * out))
+  int64_t out_stride_token = 0, out_stride_head = 0;
+  float* lse = nullptr;  // [H, T]: written by forward, read by backward
+  // Backward only.
+  const void* dout = nullptr;
+  int64_t dout_stride_token = 0, dout_stride_head = 0;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  int64_t dq_stride_token = 0, dq_stride_head = 0;
+  int64_t dk_stride_token = 0, dk_stride_head = 0;
+  int64_t dv_stride_token = 0, dv_stride_head = 0;
+
+  const int32_t* cu_seqlens = nullptr;  // [S + 1], validated: 0 first, non-decreasing, last == T
+  const int32_t* pos_hw = nullptr;      // [T, 2] contiguous
+  const float* inv_freq = nullptr;      // [D / 4] float32
+  int64_t num_tokens = 0;
+  int64_t num_segments = 0;
+  int32_t num_heads = 0;
+  int32_t head_dim = 0;
+  float scale = 1.0f;
+  DType dtype = DType::kFloat32;
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+  int32_t num_threads = 1;  // worker threads the workspace was sized for
+};
+
+}  // namespace vl3fast

@@ -1,0 +1,62 @@
+// Tile sizes and the workspace layout of the CPU rope2d attention kernel (csrc/cpu/kernels/attention.cpp).
+// One place for these numbers: the bindings size the caller-allocated workspace with the same functions
+// the kernel uses to carve it.
+//
+// Why these sizes:
+// - 64 queries x 64 keys per tile: the fp32 tiles of one work item (Q, K^T, V, S, O: ~5 x 64 x 80 floats
+//   for head dim 72) stay in L2 (>= 1 MiB per core on the x86 servers we target) while the 64-wide key
+//   row of S is exactly four 512-bit vectors, so the q.k^T micro-kernel keeps 4 rows x 4 vectors of
+//   accumulators in registers.
+// - Head dims are padded to a multiple of 16 floats (one 512-bit vector) inside tiles only: 72 -> 80.
+//   The contraction over D in q.k^T uses the true D; the padding only costs in p.v (80/72).
+// - Work items are (segment, head, 64-query block) in one flat list scheduled dynamically, so one long
+//   segment beside many tiny ones splits into many equal items and the threads stay busy.
+#pragma once
+#include <cstdint>
+
+#include "vl3fast/host_device.h"
+
+namespace vl3fast::cpu {
+
+constexpr int kAttnBlockQ = 64;
+constexpr int kAttnBlockK = 64;
+constexpr int kAttnMaxHeadDim = 256;
+constexpr int kAttnVec = 16;  // floats per padded chunk (one 512-bit vector)
+
+struct AttentionWorkspaceLayout {
+  int64_t offsets = 0;     // int64 [S + 1]: work items before each segment
+  int64_t cos_sin = 0;     // float [T, D]: cos of the D/2 pairs, then sin, per token
+  int64_t delta = 0;       // float [H, T]: rowsum(dout * out) (backward only)
+  int64_t per_thread = 0;  // per-thread tiles start here
+  int64_t thread_bytes = 0;
+  int64_t total = 0;
+};
+
+VL3FAST_HD int64_t attn_align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+VL3FAST_HD int attn_padded_dim(int head_dim) { return (head_dim + kAttnVec - 1) / kAttnVec * kAttnVec; }
+
+// Floats of one thread's tiles: 8 tiles of 64 x Dp (Q, dO, K^T, V^T or V, K, O/dQ, dK, dV), 4 tiles of
+// 64 x 64 (S, dP, P^T, dS^T), 4 row vectors of 64, and one padded row.
+VL3FAST_HD int64_t attn_thread_floats(int head_dim) {
+  const int64_t dp = attn_padded_dim(head_dim);
+  return 8 * 64 * dp + 4 * 64 * 64 + 4 * 64 + dp;
+}
+
+VL3FAST_HD AttentionWorkspaceLayout attention_workspace_layout(int64_t num_tokens, int64_t num_segments, int num_heads,
+                                                              int head_dim, int num_threads, bool backward) {
+  AttentionWorkspaceLayout w;
+  int64_t at = 0;
+  w.offsets = at;
+  at += attn_align64((num_segments + 1) * 8);
+  w.cos_sin = at;
+  at += attn_align64(num_tokens * head_dim * 4);
+  w.delta = at;
+  if (backward) at += attn_align64(static_cast<int64_t>(num_heads) * num_tokens * 4);
+  w.per_thread = at;
+  w.thread_bytes = attn_align64(attn_thread_floats(head_dim) * 4);
+  at += w.thread_bytes * num_threads;
+  w.total = at + 64;  // slack so the base can be aligned up to 64 bytes
+  return w;
+}
+
+}  // namespace vl3fast::cpu

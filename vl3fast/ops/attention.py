@@ -1,0 +1,205 @@
+"""rope2d_attention: packed non-causal attention per cu_seqlens segment with VideoLLaMA3's 2D RoPE fused in.
+
+The op `vl3fast::rope2d_attention` returns (out, lse); lse (float32 `[H, T]`, the log-sum-exp of the
+scaled logits) is what the backward op `vl3fast::rope2d_attention_backward` recomputes the softmax from,
+so no `[L, L]` matrix is ever stored.  CPU tensors run the C++ kernel (csrc/cpu/kernels/attention.cpp);
+the CUDA kernel is issue 5 and CUDA tensors raise NotImplementedError until then.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._backend import core
+from ._bridge import tensor_ref
+from ._checks import (
+    FLOAT_DTYPES,
+    check_last_dim_contiguous,
+    check_position_values,
+    check_positions,
+    check_same_device,
+    check_tensor,
+    check_theta,
+)
+from .rope2d import _inv_freq
+
+__all__ = ["rope2d_attention", "ATTENTION_HEAD_DIMS", "ATTENTION_FAST_HEAD_DIMS", "ATTENTION_DTYPES"]
+
+# The supported matrix, declared once (the kernel's switch in csrc/cpu/kernels/attention.cpp lists the
+# same fast paths).  Any multiple of 4 in [4, 256] runs: 2D RoPE splits D into four quarters.
+ATTENTION_DTYPES = FLOAT_DTYPES
+ATTENTION_FAST_HEAD_DIMS = (64, 72, 80, 128)
+ATTENTION_HEAD_DIMS = tuple(range(4, 257, 4))
+
+
+def _check_head_dim(head_dim: int) -> None:
+    if head_dim not in ATTENTION_HEAD_DIMS:
+        raise ValueError(
+            f"q: head dim {head_dim} is not supported; supported: multiples of 4 in [4, 256] (2D RoPE splits "
+            f"the head dim into row and column quarters), with fast paths for {ATTENTION_FAST_HEAD_DIMS}"
+        )
+
+
+def _check_cuda(q: torch.Tensor) -> None:
+    if q.device.type == "cuda":
+        raise NotImplementedError(
+            "vl3fast.ops.rope2d_attention: the CUDA attention kernel is not implemented yet (issue 5); "
+            "move q, k, v, cu_seqlens and pos_hw to the CPU or use vl3fast.reference.rope2d_attention"
+        )
+
+
+def _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen) -> None:
+    """Checks that need no tensor values: run by the real and the fake implementation."""
+    check_tensor("q", q, dtypes=ATTENTION_DTYPES, ndim=3)
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, dtypes=ATTENTION_DTYPES, ndim=3)
+        if t.shape != q.shape:
+            raise ValueError(f"{name}: expected the shape of q {tuple(q.shape)} ([T, H, D]), got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected the dtype of q ({q.dtype}), got {t.dtype}")
+    _check_head_dim(q.shape[-1])
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_last_dim_contiguous(name, t)
+    check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
+    if cu_seqlens.shape[0] < 1:
+        raise ValueError("cu_seqlens: expected [S + 1] with S >= 0 segments, got an empty tensor")
+    check_positions(pos_hw, q.shape[0])
+    check_same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens, pos_hw=pos_hw)
+    check_theta(theta)
+    if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale: expected a finite positive float, got {scale!r}")
+    if max_seqlen < -1:
+        raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen}")
+
+
+def _check_values(q, cu_seqlens, pos_hw, max_seqlen) -> None:
+    """Checks that read tensor values: host tensors only, so a CUDA call never syncs here."""
+    check_position_values(pos_hw)
+    if cu_seqlens.device.type != "cpu":
+        return
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0:
+        raise ValueError(f"cu_seqlens: must start at 0, got {cu[0]}")
+    lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
+    if any(n < 0 for n in lengths):
+        i = next(i for i, n in enumerate(lengths) if n < 0)
+        raise ValueError(f"cu_seqlens: must be non-decreasing, got {cu[i]} then {cu[i + 1]} at index {i}")
+    if cu[-1] != q.shape[0]:
+        raise ValueError(f"cu_seqlens: last value must equal the number of tokens T = {q.shape[0]}, got {cu[-1]}")
+    if max_seqlen >= 0 and lengths and max(lengths) > max_seqlen:
+        raise ValueError(f"max_seqlen: {max_seqlen} is shorter than the longest segment ({max(lengths)})")
+
+
+def _workspace(q: torch.Tensor, num_segments: int, backward: bool) -> torch.Tensor:
+    T, H, D = q.shape
+    nbytes = core.rope2d_attention_workspace_bytes(T, num_segments, H, D, backward)
+    return torch.empty(nbytes, dtype=torch.uint8, device=q.device)
+
+
+@torch.library.custom_op("vl3fast::rope2d_attention", mutates_args=())
+def _rope2d_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, pos_hw: torch.Tensor,
+    theta: float, scale: float, max_seqlen: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen)
+    _check_cuda(q)
+    _check_values(q, cu_seqlens, pos_hw, max_seqlen)
+    T, H, D = q.shape
+    out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
+    pos_hw = pos_hw.contiguous()  # keep references: the core only borrows the pointers
+    cu_seqlens = cu_seqlens.contiguous()
+    workspace = _workspace(q, cu_seqlens.shape[0] - 1, backward=False)
+    core.rope2d_attention_forward(
+        tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
+        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(workspace), scale,
+    )
+    return out, lse
+
+
+@_rope2d_attention.register_fake
+def _(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen):
+    _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen)
+    T, H, D = q.shape
+    return q.new_empty((T, H, D)), q.new_empty((H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("vl3fast::rope2d_attention_backward", mutates_args=())
+def _rope2d_attention_backward(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    cu_seqlens: torch.Tensor, pos_hw: torch.Tensor, theta: float, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_cuda(q)
+    T, H, D = q.shape
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    dq, dk, dv = (torch.empty((T, H, D), dtype=q.dtype, device=q.device) for _ in range(3))
+    pos_hw = pos_hw.contiguous()
+    cu_seqlens = cu_seqlens.contiguous()
+    lse = lse.contiguous()
+    workspace = _workspace(q, cu_seqlens.shape[0] - 1, backward=True)
+    core.rope2d_attention_backward(
+        tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
+        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout),
+        tensor_ref(dq), tensor_ref(dk), tensor_ref(dv), tensor_ref(workspace), scale,
+    )
+    return dq, dk, dv
+
+
+@_rope2d_attention_backward.register_fake
+def _(dout, q, k, v, out, lse, cu_seqlens, pos_hw, theta, scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    # By name, not position: robust to signature changes.
+    args = dict(zip(("q", "k", "v", "cu_seqlens", "pos_hw", "theta", "scale", "max_seqlen"), inputs))
+    out, lse = output
+    ctx.save_for_backward(args["q"], args["k"], args["v"], out, lse, args["cu_seqlens"], args["pos_hw"])
+    ctx.theta = args["theta"]
+    ctx.scale = args["scale"]
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, cu_seqlens, pos_hw = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None, None, None, None, None
+    # lse is an auxiliary output for the backward pass; a gradient flowing into it is not supported.
+    dq, dk, dv = torch.ops.vl3fast.rope2d_attention_backward(
+        grad_out, q, k, v, out, lse, cu_seqlens, pos_hw, ctx.theta, ctx.scale
+    )
+    return dq, dk, dv, None, None, None, None, None
+
+
+_rope2d_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def rope2d_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, pos_hw: torch.Tensor, *,
+    theta: float = 10000.0, scale: float | None = None, max_seqlen: int | None = None,
+) -> torch.Tensor:
+    """Packed non-causal attention inside each cu_seqlens segment, with 2D RoPE fused on q and k.
+
+    Args:
+        q, k, v: `[T, H, D]` float32/bfloat16/float16, same shape and dtype, last dim contiguous (token and
+            head strides are free, so views of a fused qkv projection work).  D: a multiple of 4 up to 256
+            (2D RoPE splits it in quarters); 64, 72, 80 and 128 have compile-time fast paths.
+        cu_seqlens: int32 `[S + 1]`, 0 first, non-decreasing, last == T; tokens attend only within their segment.
+        pos_hw: int32 `[T, 2]` (row, col) per token, e.g. from `vl3fast.ops.rope2d_position_ids`.
+        theta: RoPE base.  scale: softmax scale, default D**-0.5.
+        max_seqlen: optional upper bound of the segment lengths (checked when given).
+
+    Returns:
+        out `[T, H, D]` in q's dtype.  Differentiable in q, k and v (fp32 accumulation throughout; the
+        gradients of q and k are with respect to the un-rotated inputs).
+    """
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
+    if scale is None:
+        scale = q.shape[-1] ** -0.5 if q.dim() == 3 and q.shape[-1] > 0 else 1.0
+    if max_seqlen is not None and (not isinstance(max_seqlen, int) or max_seqlen < 0):
+        raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen!r}")
+    out, _ = torch.ops.vl3fast.rope2d_attention(
+        q, k, v, cu_seqlens, pos_hw, float(theta), float(scale), -1 if max_seqlen is None else max_seqlen
+    )
+    return out
