@@ -7,6 +7,8 @@
 //   for head dim 72) stay in L2 (>= 1 MiB per core on the x86 servers we target) while the 64-wide key
 //   row of S is exactly four 512-bit vectors, so the q.k^T micro-kernel keeps 4 rows x 4 vectors of
 //   accumulators in registers.
+// - The forward takes 256 queries per work item: preparing a K/V tile (load, convert, rotate, transpose)
+//   costs about as much as the two 64x64xD products it feeds, so each tile is reused for 4x more rows.
 // - Head dims are padded to a multiple of 16 floats (one 512-bit vector) inside tiles only: 72 -> 80.
 //   The contraction over D in q.k^T uses the true D; the padding only costs in p.v (80/72).
 // - Work items are (segment, head, 64-query block) in one flat list scheduled dynamically, so one long
@@ -18,8 +20,9 @@
 
 namespace vl3fast::cpu {
 
-constexpr int kAttnBlockQ = 64;
-constexpr int kAttnBlockK = 64;
+constexpr int kAttnBlockQ = 64;      // backward query block
+constexpr int kAttnBlockK = 64;      // key block (forward and backward)
+constexpr int kAttnFwdBlockQ = 256;  // forward query block: each rotated K/V tile serves 256 queries
 constexpr int kAttnMaxHeadDim = 256;
 constexpr int kAttnVec = 16;  // floats per padded chunk (one 512-bit vector)
 
@@ -35,11 +38,14 @@ struct AttentionWorkspaceLayout {
 VL3FAST_HD int64_t attn_align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
 VL3FAST_HD int attn_padded_dim(int head_dim) { return (head_dim + kAttnVec - 1) / kAttnVec * kAttnVec; }
 
-// Floats of one thread's tiles: 8 tiles of 64 x Dp (Q, dO, K^T, V^T or V, K, O/dQ, dK, dV), 4 tiles of
-// 64 x 64 (S, dP, P^T, dS^T), 4 row vectors of 64, and one padded row.
+// Floats of one thread's tiles.  Forward: Q and O (256 x Dp), K^T and V (64 x Dp), S (256 x 64), m and l
+// (256), two padded rows.  Backward: 6 tiles of 64 x Dp (K^T, V^T, dK, dV, Q, dO / Q, dO, dQ, K^T, V^T, K),
+// 4 tiles of 64 x 64 (S, dP, P^T, dS^T), two padded rows.
 VL3FAST_HD int64_t attn_thread_floats(int head_dim) {
   const int64_t dp = attn_padded_dim(head_dim);
-  return 8 * 64 * dp + 4 * 64 * 64 + 4 * 64 + dp;
+  const int64_t fwd = (2 * kAttnFwdBlockQ + 2 * kAttnBlockK) * dp + kAttnFwdBlockQ * kAttnBlockK + 2 * kAttnFwdBlockQ + 2 * dp;
+  const int64_t bwd = 6 * kAttnBlockQ * dp + 4 * kAttnBlockQ * kAttnBlockK + 2 * dp;
+  return fwd > bwd ? fwd : bwd;
 }
 
 VL3FAST_HD AttentionWorkspaceLayout attention_workspace_layout(int64_t num_tokens, int64_t num_segments, int num_heads,

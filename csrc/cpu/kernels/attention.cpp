@@ -1,6 +1,6 @@
 // Packed 2D-RoPE attention, forward and backward, flash-style (compiled once per ISA level; see isa.h).
 //
-// Forward, per work item (segment, head, 64-query block): rotate and scale the query tile once, then
+// Forward, per work item (segment, head, 256-query block): rotate and scale the query tile once, then
 // for each 64-key tile of the segment rotate K into a transposed tile, S = Q K^T, online softmax
 // (running max m and sum l per row), O += P V.  Writes out = O / l and lse = m + log(l).  Memory is
 // O(T*D) for the cos/sin table plus per-thread tiles: never O(L^2).
@@ -31,6 +31,7 @@ namespace vl3fast::cpu::VL3FAST_ISA_NS {
 namespace {
 
 constexpr int BQ = kAttnBlockQ;
+constexpr int BQF = kAttnFwdBlockQ;
 constexpr int BK = kAttnBlockK;
 constexpr int VW = kAttnVec;
 constexpr int kLdS = BK;  // leading dim of 64 x 64 tiles
@@ -150,12 +151,12 @@ struct Attention {
   float* thread_tiles(int tid) const { return reinterpret_cast<float*>(thread_base + tid * thread_bytes); }
 
   // Fills the offsets (serially, O(S)) and the cos/sin table (in parallel); returns the item count.
-  int64_t prepare() const {
+  int64_t prepare(int block) const {
     int64_t* offs = const_cast<int64_t*>(offsets);
     offs[0] = 0;
     for (int64_t s = 0; s < p.num_segments; ++s) {
       const int64_t len = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
-      offs[s + 1] = offs[s] + H * ((len + BQ - 1) / BQ);
+      offs[s + 1] = offs[s] + H * ((len + block - 1) / block);
     }
     float* table = const_cast<float*>(cos_sin);
     const int quarter = D / 4;
@@ -257,18 +258,18 @@ struct Attention {
     int h;
     locate(item, seg, h, block);
     const int64_t start = p.cu_seqlens[seg], len = p.cu_seqlens[seg + 1] - start;
-    const int64_t q0 = start + block * BQ;
-    const int nq = static_cast<int>(len - block * BQ < BQ ? len - block * BQ : BQ);
+    const int64_t q0 = start + block * BQF;
+    const int nq = static_cast<int>(len - block * BQF < BQF ? len - block * BQF : BQF);
     const int mq = round_up(nq, 4);
 
-    float* q = w;                 // [64 x Dp]
-    float* kt = q + BQ * Dp;      // [Dp x 64] (D rows used)
+    float* q = w;                 // [256 x Dp]
+    float* kt = q + BQF * Dp;     // [Dp x 64] (D rows used)
     float* vt = kt + Dp * BK;     // [64 x Dp]
-    float* o = vt + BK * Dp;      // [64 x Dp]
-    float* s = o + BQ * Dp;       // [64 x 64]
-    float* m = s + BQ * BK;       // [64]
-    float* l = m + BQ;            // [64]
-    float* tmp = l + BQ;          // [Dp]
+    float* o = vt + BK * Dp;      // [256 x Dp]
+    float* s = o + BQF * Dp;      // [256 x 64]
+    float* m = s + BQF * BK;      // [256]
+    float* l = m + BQF;           // [256]
+    float* tmp = l + BQF;         // [Dp]
     float* tmp2 = tmp + Dp;       // [Dp]
 
     const T* qx = static_cast<const T*>(p.q);
@@ -319,7 +320,7 @@ struct Attention {
   }
 
   void forward() const {
-    const int64_t items = prepare();
+    const int64_t items = prepare(BQF);
 #pragma omp parallel num_threads(p.num_threads)
     {
       float* w = thread_tiles(omp_get_thread_num());
@@ -475,7 +476,7 @@ struct Attention {
   }
 
   void backward() const {
-    const int64_t items = prepare();  // key blocks and query blocks are both 64 wide: same item list
+    const int64_t items = prepare(BQ);  // key blocks and query blocks are both 64 wide: same item list
     static_assert(BQ == BK, "the backward passes share one work-item list");
     compute_delta();
 #pragma omp parallel num_threads(p.num_threads)
