@@ -108,6 +108,8 @@ def _rope2d_attention(
     T, H, D = q.shape
     out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
+    if q.numel() == 0:
+        return out, lse
     pos_hw = pos_hw.contiguous()  # keep references: the core only borrows the pointers
     cu_seqlens = cu_seqlens.contiguous()
     workspace = _workspace(q, cu_seqlens.shape[0] - 1, backward=False)
@@ -134,6 +136,8 @@ def _rope2d_attention_backward(
     T, H, D = q.shape
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     dq, dk, dv = (torch.empty((T, H, D), dtype=q.dtype, device=q.device) for _ in range(3))
+    if q.numel() == 0:
+        return dq, dk, dv
     pos_hw = pos_hw.contiguous()
     cu_seqlens = cu_seqlens.contiguous()
     lse = lse.contiguous()

@@ -13,8 +13,8 @@
 // are gradients with respect to the un-rotated inputs.
 //
 // All products are small fp32 GEMMs C[M x N] (+)= A[M x K] B[K x N] with N contiguous, computed by one
-// register-blocked micro-kernel written with GCC vector extensions (16 floats per vector: one zmm in
-// the AVX-512 build, two ymm / four xmm in the others).
+// register-blocked micro-kernel written with GCC vector extensions in the ISA's native width (zmm, ymm
+// or xmm), so the same source is the AVX-512, AVX2 and baseline build.
 #include <omp.h>
 
 #include <cmath>
@@ -36,22 +36,30 @@ constexpr int BK = kAttnBlockK;
 constexpr int VW = kAttnVec;
 constexpr int kLdS = BK;  // leading dim of 64 x 64 tiles
 
-typedef float vec16 __attribute__((vector_size(64)));
-
+// The native vector of the ISA build; tiles are padded to 16 floats, i.e. 16 / kLanes native vectors.
+// Register blocking per build: kRowBlock rows x (up to kMaxChunk x 16 floats) of accumulators.
 #if defined(__AVX512F__)
-constexpr int kRowBlock = 4;  // 4 rows x up to 6 vectors of accumulators: 24 of 32 zmm registers
+typedef float vnat __attribute__((vector_size(64)));
+constexpr int kRowBlock = 4;  // 4 rows x up to 6 zmm: 24 of 32 registers hold accumulators
+constexpr int kMaxChunk = 6;
 #elif defined(__AVX2__)
-constexpr int kRowBlock = 2;
+typedef float vnat __attribute__((vector_size(32)));
+constexpr int kRowBlock = 2;  // 2 rows x 4 ymm: 8 of 16 registers
+constexpr int kMaxChunk = 2;
 #else
-constexpr int kRowBlock = 1;
+typedef float vnat __attribute__((vector_size(16)));
+constexpr int kRowBlock = 2;  // 2 rows x 4 xmm: 8 of 16 registers
+constexpr int kMaxChunk = 1;
 #endif
+constexpr int kLanes = sizeof(vnat) / sizeof(float);
+static_assert(VW % kLanes == 0, "tile padding must be a whole number of native vectors");
 
-static inline vec16 vload(const float* p) {
-  vec16 v;
+static inline vnat vload(const float* p) {
+  vnat v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-static inline void vstore(float* p, vec16 v) { std::memcpy(p, &v, sizeof v); }
+static inline void vstore(float* p, vnat v) { std::memcpy(p, &v, sizeof v); }
 
 static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -59,19 +67,20 @@ static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 template <int RI, int NV>
 static inline void micro_kernel(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int K,
                                 bool accumulate) {
-  vec16 c[RI][NV];
+  constexpr int NN = NV * VW / kLanes;
+  vnat c[RI][NN];
   for (int r = 0; r < RI; ++r)
-    for (int n = 0; n < NV; ++n) c[r][n] = accumulate ? vload(C + r * ldc + n * VW) : vec16{};
+    for (int n = 0; n < NN; ++n) c[r][n] = accumulate ? vload(C + r * ldc + n * kLanes) : vnat{};
   for (int kk = 0; kk < K; ++kk) {
-    vec16 b[NV];
-    for (int n = 0; n < NV; ++n) b[n] = vload(B + static_cast<int64_t>(kk) * ldb + n * VW);
+    vnat b[NN];
+    for (int n = 0; n < NN; ++n) b[n] = vload(B + static_cast<int64_t>(kk) * ldb + n * kLanes);
     for (int r = 0; r < RI; ++r) {
-      const vec16 a = vec16{} + A[r * lda + kk];
-      for (int n = 0; n < NV; ++n) c[r][n] += a * b[n];
+      const vnat a = vnat{} + A[r * lda + kk];
+      for (int n = 0; n < NN; ++n) c[r][n] += a * b[n];
     }
   }
   for (int r = 0; r < RI; ++r)
-    for (int n = 0; n < NV; ++n) vstore(C + r * ldc + n * VW, c[r][n]);
+    for (int n = 0; n < NN; ++n) vstore(C + r * ldc + n * kLanes, c[r][n]);
 }
 
 template <int NV>
@@ -86,7 +95,7 @@ static void gemm(const float* A, int lda, const float* B, int ldb, float* C, int
                  bool accumulate) {
   int n0 = 0, nv = N / VW;
   while (nv > 0) {
-    const int chunk = nv <= 6 ? nv : 4;
+    const int chunk = nv <= kMaxChunk ? nv : (kMaxChunk < 4 ? kMaxChunk : 4);
     switch (chunk) {
       case 1: gemm_columns<1>(A, lda, B + n0, ldb, C + n0, ldc, M, K, accumulate); break;
       case 2: gemm_columns<2>(A, lda, B + n0, ldb, C + n0, ldc, M, K, accumulate); break;
