@@ -3,7 +3,7 @@
 Written for clarity, not speed, and checked side by side against transformers' VideoLLaMA3 code
 (tests/reference/).  Floating-point functions compute in float32, or float64 when given float64.
 """
-from .attention import packed_attention, rope2d_attention
+from .attention import packed_attention, rope2d_attention, rope2d_attention_dense_mask
 from .downsample import downsample
 from .positions import rope2d_position_ids
 from .pruning import frame_keep_mask
@@ -16,6 +16,7 @@ __all__ = [
     "apply_rope2d",
     "packed_attention",
     "rope2d_attention",
+    "rope2d_attention_dense_mask",
     "frame_keep_mask",
     "downsample",
 ]

@@ -24,3 +24,19 @@ def rope2d_attention(q_THD, k_THD, v_THD, cu_seqlens, pos_hw, *, theta: float = 
     q = apply_rope2d(q_THD, pos_hw, theta)
     k = apply_rope2d(k_THD, pos_hw, theta)
     return packed_attention(q, k, v_THD, cu_seqlens, scale=scale)
+
+
+def rope2d_attention_dense_mask(q_THD, k_THD, v_THD, cu_seqlens, pos_hw, *, theta: float = 10000.0, scale=None):
+    """The official VideoLLaMA3 `sdpa` path: 2D RoPE, then one SDPA call over the whole packed sequence
+    with a dense block-diagonal boolean mask `[1, T, T]` (True = attend).  O(T^2) memory: a baseline only."""
+    q = apply_rope2d(q_THD, pos_hw, theta)
+    k = apply_rope2d(k_THD, pos_hw, theta)
+    T = q.shape[0]
+    segment = torch.repeat_interleave(
+        torch.arange(cu_seqlens.numel() - 1, device=q.device), (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=T
+    )
+    mask = (segment[:, None] == segment[None, :])[None]  # [1, T, T]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v_THD.transpose(0, 1), attn_mask=mask, scale=scale
+    )
+    return out.transpose(0, 1)

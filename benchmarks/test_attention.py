@@ -1,0 +1,132 @@
+"""rope2d attention on the CPU: vl3fast against the paths users run today (issue 3, DESIGN.md §6).
+
+Implementations, on the same inputs in the same run:
+- `vl3fast`: vl3fast.ops.rope2d_attention (fused 2D RoPE, flash-style packed kernel);
+- `transformers`: vl3fast.reference.rope2d_attention, the transformers VideoLLaMA3 path as it runs today
+  (fp32 rotate_half RoPE on q and k, host sync, one SDPA call per segment);
+- `dense_mask`: vl3fast.reference.rope2d_attention_dense_mask, the official code's SDPA with a dense
+  block-diagonal [T, T] mask (O(T^2); only where it fits and finishes: image896 by default, the others
+  with VL3FAST_BENCH_FULL=1).
+
+Workloads (16 heads, head dim 72, SigLIP-so400m / VideoLLaMA3 vision tower):
+- video16x336: 16 frames of 336x336 -> 24x24 patches, m=2: 16 segments of 576 tokens (9216 tokens);
+- mixed5: five images, m=1, patch grids 32x32 (448x448), 24x36 (336x504), 16x16 (224x224),
+  48x28 (672x392), 58x42 (812x588): segments of 1024, 864, 256, 1344, 2436 tokens (5924 tokens);
+- image896: one 896x896 image, 64x64 patches, m=1: one segment of 4096 tokens.
+
+extra_info: tokens/sec, attention GFLOP/s (forward 4 * sum L^2 * H * D; forward+backward 3.5x that, the
+FlashAttention convention), and for vl3fast the speedup over `transformers` measured earlier in the same
+session (the parametrization runs the baselines first), plus the same session's torch.matmul GFLOP/s.
+`pytest benchmarks --benchmark-disable` runs every case once as a plain test.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from vl3fast.ops import rope2d_attention, rope2d_position_ids
+from vl3fast.reference import rope2d_attention as transformers_path
+from vl3fast.reference import rope2d_attention_dense_mask
+
+HEADS, HEAD_DIM = 16, 72
+FULL = os.environ.get("VL3FAST_BENCH_FULL") == "1"
+
+WORKLOADS = {
+    "video16x336": ([[16, 24, 24]], [2]),
+    "mixed5": ([[1, 32, 32], [1, 24, 36], [1, 16, 16], [1, 48, 28], [1, 58, 42]], [1, 1, 1, 1, 1]),
+    "image896": ([[1, 64, 64]], [1]),
+}
+IMPLS = {
+    "transformers": transformers_path,
+    "dense_mask": rope2d_attention_dense_mask,
+    "vl3fast": rope2d_attention,
+}
+# Medians of this session, keyed (workload, dtype, mode, impl): the ratio in vl3fast's extra_info.
+_MEDIANS: dict[tuple, float] = {}
+
+
+def _median(bench) -> float | None:
+    stats = getattr(bench, "stats", None)
+    if stats is None:
+        return None
+    return stats.stats.median
+
+
+def _inputs(workload: str, dtype: torch.dtype, requires_grad: bool):
+    grid, merge = WORKLOADS[workload]
+    pos_hw, cu_seqlens = rope2d_position_ids(grid, merge)
+    gen = torch.Generator().manual_seed(0)
+    T = pos_hw.shape[0]
+    q, k, v = (torch.randn(T, HEADS, HEAD_DIM, generator=gen).to(dtype).requires_grad_(requires_grad) for _ in range(3))
+    grad = torch.randn(T, HEADS, HEAD_DIM, generator=gen).to(dtype)
+    return q, k, v, cu_seqlens, pos_hw, grad
+
+
+def _attention_flops(cu_seqlens: torch.Tensor, mode: str) -> float:
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).double()
+    forward = 4.0 * float((lengths**2).sum()) * HEADS * HEAD_DIM
+    return forward if mode == "fwd" else 3.5 * forward
+
+
+# A q.k^T-shaped batched product (16 heads, 1024 x 72 x 1024): the GEMM rate torch gets on this CPU.
+MATMUL_SHAPE = (HEADS, 1024, HEAD_DIM, 1024)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_matmul_reference(bench, dtype):
+    b, m, k, n = MATMUL_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, m, k, generator=gen).to(dtype)
+    y = torch.randn(b, k, n, generator=gen).to(dtype)
+    bench.pedantic(lambda: torch.matmul(x, y), rounds=10, iterations=1, warmup_rounds=2)
+    bench.extra_info.update(dtype=str(dtype).replace("torch.", ""), shape=list(MATMUL_SHAPE))
+    median = _median(bench)
+    if median is not None:
+        gflops = 2.0 * b * m * k * n / median / 1e9
+        _MEDIANS[("matmul", dtype)] = gflops
+        bench.extra_info["gflops"] = gflops
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+def test_rope2d_attention(bench, workload, dtype, mode, impl):
+    if impl == "dense_mask" and workload != "image896" and not FULL:
+        pytest.skip("dense [T, T] mask over the packed sequence: minutes per call here; set VL3FAST_BENCH_FULL=1")
+    q, k, v, cu_seqlens, pos_hw, grad = _inputs(workload, dtype, requires_grad=(mode == "fwd_bwd"))
+    fn = IMPLS[impl]
+
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn(q, k, v, cu_seqlens, pos_hw)
+    else:
+        def run():
+            q.grad = k.grad = v.grad = None
+            fn(q, k, v, cu_seqlens, pos_hw).backward(grad)
+
+    slow = impl != "vl3fast" or mode == "fwd_bwd"
+    bench.pedantic(run, rounds=3 if slow else 5, iterations=1, warmup_rounds=1)
+
+    T = q.shape[0]
+    flops = _attention_flops(cu_seqlens, mode)
+    bench.extra_info.update(
+        workload=workload, dtype=str(dtype).replace("torch.", ""), mode=mode, impl=impl, tokens=T,
+        segments=cu_seqlens.numel() - 1, heads=HEADS, head_dim=HEAD_DIM,
+    )
+    median = _median(bench)
+    if median is None:  # --benchmark-disable: ran once as a test
+        return
+    _MEDIANS[(workload, dtype, mode, impl)] = median
+    bench.extra_info["tokens_per_s"] = T / median
+    bench.extra_info["attention_gflops"] = flops / median / 1e9
+    if impl == "vl3fast":
+        base = _MEDIANS.get((workload, dtype, mode, "transformers"))
+        bench.extra_info["speedup_vs_transformers"] = base / median if base else None
+        dense = _MEDIANS.get((workload, dtype, mode, "dense_mask"))
+        bench.extra_info["speedup_vs_dense_mask"] = dense / median if dense else None
+        matmul = _MEDIANS.get(("matmul", dtype))
+        bench.extra_info["matmul_gflops_same_run"] = matmul
