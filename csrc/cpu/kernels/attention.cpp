@@ -5,6 +5,12 @@
 // (running max m and sum l per row), O += P V.  Writes out = O / l and lse = m + log(l).  Memory is
 // O(T*D) for the cos/sin table plus per-thread tiles: never O(L^2).
 //
+// RoPE: cos/sin of every token's D/2 angles are computed once per call from pos_hw and inv_freq (fp32
+// angles, as transformers) into the workspace and shared by all heads; q and k are rotated in fp32 as
+// their tiles are loaded (no rotated copy of q or k exists beyond one thread's tiles).  A K tile is
+// re-rotated for each 256-query work item that reads it: D multiply-adds per key against 2 * 256 * D
+// for the two products it feeds.
+//
 // Backward recomputes P = exp(S - lse) per tile, with no L x L storage, in two passes so that every
 // work item owns the rows it writes (deterministic, no atomics):
 //   pass 1, per (segment, head, 64-key block): dV = sum_i P^T dO, dK = sum_i dS^T Q;
@@ -15,6 +21,7 @@
 // All products are small fp32 GEMMs C[M x N] (+)= A[M x K] B[K x N] with N contiguous, computed by one
 // register-blocked micro-kernel written with GCC vector extensions in the ISA's native width (zmm, ymm
 // or xmm), so the same source is the AVX-512, AVX2 and baseline build.
+#include <immintrin.h>
 #include <omp.h>
 
 #include <cmath>
@@ -60,6 +67,17 @@ static inline vnat vload(const float* p) {
   return v;
 }
 static inline void vstore(float* p, vnat v) { std::memcpy(p, &v, sizeof v); }
+// Broadcast from memory.  Not `vnat{} + x`: without -ffast-math that is a scalar add plus a register
+// shuffle, and on AVX-512 server cores the shuffle port is one of the two FMA ports.
+static inline vnat vbroadcast(const float* p) {
+#if defined(__AVX512F__)
+  return (vnat)_mm512_set1_ps(*p);
+#elif defined(__AVX2__)
+  return (vnat)_mm256_broadcast_ss(p);
+#else
+  return (vnat)_mm_set1_ps(*p);
+#endif
+}
 
 static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -75,7 +93,7 @@ static inline void micro_kernel(const float* A, int lda, const float* B, int ldb
     vnat b[NN];
     for (int n = 0; n < NN; ++n) b[n] = vload(B + static_cast<int64_t>(kk) * ldb + n * kLanes);
     for (int r = 0; r < RI; ++r) {
-      const vnat a = vnat{} + A[r * lda + kk];
+      const vnat a = vbroadcast(A + r * lda + kk);
       for (int n = 0; n < NN; ++n) c[r][n] += a * b[n];
     }
   }
