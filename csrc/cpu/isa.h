@@ -14,6 +14,8 @@ namespace vl3fast::cpu {
 
 struct KernelTable {
   void (*apply_rope2d)(const Rope2dParams&);
+  void (*frame_keep_mask)(const FrameKeepParams&);
+  void (*keep_compaction)(const KeepCompactParams&);
 };
 
 // Names of the ISA levels compiled into this binary, lowest first.

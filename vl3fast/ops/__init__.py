@@ -4,6 +4,31 @@ Each op validates its arguments (ValueError/TypeError naming the argument), allo
 and calls the compiled core for the tensors' device.  Oracles live in vl3fast.reference.
 """
 from .positions import rope2d_position_ids
+from .pruning import (
+    KeepIndices,
+    PrunedPatches,
+    PrunedTokens,
+    PruningReport,
+    frame_keep_mask,
+    frame_token_diff,
+    keep_compaction,
+    prune_patches,
+    prune_tokens,
+    pruning_report,
+)
 from .rope2d import apply_rope2d
 
-__all__ = ["rope2d_position_ids", "apply_rope2d"]
+__all__ = [
+    "rope2d_position_ids",
+    "apply_rope2d",
+    "frame_keep_mask",
+    "frame_token_diff",
+    "keep_compaction",
+    "prune_tokens",
+    "prune_patches",
+    "pruning_report",
+    "KeepIndices",
+    "PrunedTokens",
+    "PrunedPatches",
+    "PruningReport",
+]

@@ -4,9 +4,11 @@
 namespace vl3fast::cpu::VL3FAST_ISA_NS {
 
 void apply_rope2d(const Rope2dParams& p);
+void frame_keep_mask(const FrameKeepParams& p);
+void keep_compaction(const KeepCompactParams& p);
 
 const KernelTable& kernel_table() {
-  static const KernelTable table{&apply_rope2d};
+  static const KernelTable table{&apply_rope2d, &frame_keep_mask, &keep_compaction};
   return table;
 }
 

@@ -1,0 +1,173 @@
+// Differential Frame Pruner on the CPU (compiled once per ISA level; see isa.h).
+//
+// frame_keep_mask: one pass over pixel_values.  OpenMP splits the (video, merged token) pairs; each
+// walks its token through time, so the previous frame's run of K = m*m*row_width values was read
+// one step earlier (cache-hot) and DRAM sees every pixel once.  The per-row sum follows torch's CPU
+// float32 summation order (pruning.h) with 4 x V lane accumulators the compiler vectorizes.
+// keep_compaction: per-frame counts, a scan over the F frames, then a parallel per-frame scatter.
+#include <cmath>
+
+#include "../isa.h"
+#include "../scalar_types.h"
+#include "vl3fast/pruning.h"
+
+namespace vl3fast::cpu::VL3FAST_ISA_NS {
+namespace {
+
+// Adds |a[v*V + l] - b[v*V + l]| into dst[l] for one V-lane vector v.
+template <int V, typename T>
+static inline void add_abs_diff(float* dst, const T* a, const T* b, int64_t v) {
+  const T* pa = a + v * V;
+  const T* pb = b + v * V;
+#pragma omp simd
+  for (int l = 0; l < V; ++l) dst[l] += std::fabs(to_float(pa[l]) - to_float(pb[l]));
+}
+
+// sum_k |a[k] - b[k]| over K values in torch's float32 cascade order with V lanes (pruning.h).
+template <int V, typename T>
+static float torch_order_abs_diff_sum(const T* a, const T* b, int64_t K, const TorchSumOrder& o) {
+  float acc[4][4][V];  // [cascade level][stream][lane]
+  for (int j = 0; j < 4; ++j)
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < V; ++l) acc[j][k][l] = 0.0f;
+  int64_t i = 0;
+  while (i + o.step <= o.nilp) {
+    float l0[4][V];  // level 0 kept local so the hot loop stays in registers
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < V; ++l) l0[k][l] = acc[0][k][l];
+    for (const int64_t end = i + o.step; i < end; ++i)
+      for (int k = 0; k < 4; ++k) add_abs_diff<V>(l0[k], a, b, 4 * i + k);
+    const int top = cascade_top_level(i, o.level_power);
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < V; ++l) {
+        acc[1][k][l] += l0[k][l];
+        acc[0][k][l] = 0.0f;
+      }
+    for (int j = 2; j <= top; ++j)
+      for (int k = 0; k < 4; ++k)
+        for (int l = 0; l < V; ++l) {
+          acc[j][k][l] += acc[j - 1][k][l];
+          acc[j - 1][k][l] = 0.0f;
+        }
+  }
+  for (; i < o.nilp; ++i)
+    for (int k = 0; k < 4; ++k) add_abs_diff<V>(acc[0][k], a, b, 4 * i + k);
+  for (int j = 1; j < 4; ++j)
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < V; ++l) acc[0][k][l] += acc[j][k][l];
+  for (int64_t v = 4 * o.nilp; v < o.nvec; ++v) add_abs_diff<V>(acc[0][0], a, b, v);
+  for (int k = 1; k < 4; ++k)
+    for (int l = 0; l < V; ++l) acc[0][0][l] += acc[0][k][l];
+  float total = 0.0f;
+  for (int64_t e = o.nvec * V; e < K; ++e) total += std::fabs(to_float(a[e]) - to_float(b[e]));
+  for (int l = 0; l < V; ++l) total += acc[0][0][l];
+  return total;
+}
+
+template <typename T>
+static float token_diff(const T* cur, const T* prev, int64_t K, const TorchSumOrder& o) {
+  float sum;
+  if (o.lanes == 8) sum = torch_order_abs_diff_sum<8>(cur, prev, K, o);
+  else sum = torch_order_abs_diff_sum<1>(cur, prev, K, o);
+  // mean = sum / K (torch: sum_out(...).div_(K)), then * 255, each rounded to float32.
+  const float mean = sum / static_cast<float>(K);
+  return mean * 255.0f;
+}
+
+template <typename T>
+static void frame_keep_typed(const FrameKeepParams& p) {
+  const T* pixels = static_cast<const T*>(p.pixels);
+  const float thr = static_cast<float>(p.threshold);
+  const float rule_diff = static_cast<float>(p.threshold + 1.0);
+#pragma omp parallel
+  {
+    for (int64_t it = 0; it < p.num_items; ++it) {
+      const int64_t* row = p.item_table + it * kPruneFields;
+      const int64_t t = row[kPrT], m = row[kPrMerge], n = tokens_per_frame(row);
+      const int64_t K = m * m * p.row_width;
+      const int64_t frame_rows = n * m * m;  // pixel rows per frame
+      const TorchSumOrder o = torch_sum_order(K, p.sum_lanes);
+#pragma omp for schedule(static) nowait
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t tok0 = row[kPrTokenOffset] + j;
+        p.keep[tok0] = true;  // frame 0 (or the only frame) is kept by rule
+        if (p.diff) p.diff[tok0] = rule_diff;
+        const T* prev = pixels + token_first_patch(row, j) * p.row_stride;
+        for (int64_t f = 1; f < t; ++f) {
+          const T* cur = prev + frame_rows * p.row_stride;
+          const float d = token_diff(cur, prev, K, o);
+          const int64_t tok = tok0 + f * n;
+          p.keep[tok] = d > thr;  // NaN compares false: the token is dropped, as in torch
+          if (p.diff) p.diff[tok] = d;
+          prev = cur;
+        }
+      }
+    }
+#pragma omp barrier
+    // min_tokens: a starved frame keeps its first min_tokens merged tokens.
+#pragma omp for schedule(static)
+    for (int64_t f = 0; f < p.num_frames; ++f) {
+      const FrameSpan s = frame_span(p.item_table, p.num_items, f);
+      int64_t kept = 0;
+      for (int64_t i = s.begin; i < s.end; ++i) kept += p.keep[i] ? 1 : 0;
+      if (kept < p.min_tokens)
+        for (int64_t i = s.begin; i < s.begin + p.min_tokens && i < s.end; ++i) p.keep[i] = true;
+    }
+  }
+}
+
+}  // namespace
+
+void frame_keep_mask(const FrameKeepParams& p) {
+  VL3FAST_DISPATCH_FLOATING(p.dtype, float, bf16, f16, "frame_keep_mask", [&] { frame_keep_typed<scalar_t>(p); });
+}
+
+void keep_compaction(const KeepCompactParams& p) {
+  const int64_t F = p.num_frames;
+#pragma omp parallel for schedule(static)
+  for (int64_t f = 0; f < F; ++f) {
+    const FrameSpan s = frame_span(p.item_table, p.num_items, f);
+    int64_t kept = 0;
+    for (int64_t i = s.begin; i < s.end; ++i) kept += p.keep[i] ? 1 : 0;
+    p.token_cu[f + 1] = static_cast<int32_t>(kept);
+    p.patch_cu[f + 1] = static_cast<int32_t>(kept * s.merge * s.merge);
+  }
+  p.token_cu[0] = 0;
+  p.patch_cu[0] = 0;
+  for (int64_t f = 0; f < F; ++f) {  // F is small (frames, not tokens): a serial scan
+    p.token_cu[f + 1] += p.token_cu[f];
+    p.patch_cu[f + 1] += p.patch_cu[f];
+  }
+  const int64_t kept_tokens = p.token_cu[F], kept_patches = p.patch_cu[F];
+#pragma omp parallel
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t f = 0; f < F; ++f) {
+      const FrameSpan s = frame_span(p.item_table, p.num_items, f);
+      const int64_t mm = s.merge * s.merge;
+      const int64_t w = p.item_table[s.item * kPruneFields + kPrW];
+      int64_t out = p.token_cu[f], patch_out = p.patch_cu[f];
+      for (int64_t i = s.begin; i < s.end; ++i) {
+        if (!p.keep[i]) continue;
+        p.token_index[out++] = i;
+        const int64_t j = i - s.begin;
+        for (int64_t r = 0; r < mm; ++r, ++patch_out) {
+          p.patch_index[patch_out] = s.patch_begin + j * mm + r;
+          kept_patch_position(j, r, w, s.merge, p.patch_pos_hw + 2 * patch_out);
+        }
+      }
+    }
+#pragma omp for schedule(static) nowait
+    for (int64_t i = kept_tokens; i < p.num_tokens; ++i) p.token_index[i] = -1;
+#pragma omp for schedule(static) nowait
+    for (int64_t i = kept_patches; i < p.num_patches; ++i) {
+      p.patch_index[i] = -1;
+      p.patch_pos_hw[2 * i] = -1;
+      p.patch_pos_hw[2 * i + 1] = -1;
+    }
+  }
+  p.num_kept[0] = kept_tokens;
+  p.num_kept[1] = kept_patches;
+}
+
+}  // namespace vl3fast::cpu::VL3FAST_ISA_NS
