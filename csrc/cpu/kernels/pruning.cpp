@@ -1,8 +1,8 @@
 // Differential Frame Pruner on the CPU (compiled once per ISA level; see isa.h).
 //
-// frame_keep_mask: one pass over pixel_values.  OpenMP splits the (video, merged token) pairs; each
-// walks its token through time, so the previous frame's run of K = m*m*row_width values was read
-// one step earlier (cache-hot) and DRAM sees every pixel once.  The per-row sum follows torch's CPU
+// frame_keep_mask: one pass over pixel_values.  OpenMP splits (video, block of consecutive merged
+// tokens) units; each walks its block through time, so the previous frame's block (runs of
+// K = m*m*row_width values) was read one step earlier (cache-hot) and DRAM sees every pixel once.  The per-row sum follows torch's CPU
 // float32 summation order (pruning.h) with 4 x V lane accumulators the compiler vectorizes.
 // keep_compaction: per-frame counts, a scan over the F frames, then a parallel per-frame scatter.
 #include <cmath>
@@ -74,6 +74,13 @@ static float token_diff(const T* cur, const T* prev, int64_t K, const TorchSumOr
   return mean * 255.0f;
 }
 
+constexpr int64_t kBlockBytes = 96 * 1024;  // per frame; two frames' blocks stay in L2
+
+static int64_t block_tokens(int64_t token_bytes) {
+  const int64_t b = kBlockBytes / token_bytes;
+  return b > 1 ? b : 1;
+}
+
 template <typename T>
 static void frame_keep_typed(const FrameKeepParams& p) {
   const T* pixels = static_cast<const T*>(p.pixels);
@@ -87,19 +94,28 @@ static void frame_keep_typed(const FrameKeepParams& p) {
       const int64_t K = m * m * p.row_width;
       const int64_t frame_rows = n * m * m;  // pixel rows per frame
       const TorchSumOrder o = torch_sum_order(K, p.sum_lanes);
+      // A work unit is a block of B consecutive merged tokens (one contiguous run of about
+      // kBlockBytes per frame) walked through time: streaming-friendly, and the previous frame's
+      // block is still in L2 when it is read again as `prev`.
+      const int64_t B = block_tokens(K * static_cast<int64_t>(sizeof(T)));
+      const int64_t blocks = (n + B - 1) / B;
 #pragma omp for schedule(static) nowait
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t tok0 = row[kPrTokenOffset] + j;
-        p.keep[tok0] = true;  // frame 0 (or the only frame) is kept by rule
-        if (p.diff) p.diff[tok0] = rule_diff;
-        const T* prev = pixels + token_first_patch(row, j) * p.row_stride;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t j0 = b * B, j1 = j0 + B < n ? j0 + B : n;
+        for (int64_t j = j0; j < j1; ++j) {
+          p.keep[row[kPrTokenOffset] + j] = true;  // frame 0 (or the only frame) is kept by rule
+          if (p.diff) p.diff[row[kPrTokenOffset] + j] = rule_diff;
+        }
+        const T* prev_block = pixels + token_first_patch(row, j0) * p.row_stride;
         for (int64_t f = 1; f < t; ++f) {
-          const T* cur = prev + frame_rows * p.row_stride;
-          const float d = token_diff(cur, prev, K, o);
-          const int64_t tok = tok0 + f * n;
-          p.keep[tok] = d > thr;  // NaN compares false: the token is dropped, as in torch
-          if (p.diff) p.diff[tok] = d;
-          prev = cur;
+          const T* cur_block = prev_block + frame_rows * p.row_stride;
+          for (int64_t j = j0; j < j1; ++j) {
+            const float d = token_diff(cur_block + (j - j0) * K, prev_block + (j - j0) * K, K, o);
+            const int64_t tok = row[kPrTokenOffset] + f * n + j;
+            p.keep[tok] = d > thr;  // NaN compares false: the token is dropped, as in torch
+            if (p.diff) p.diff[tok] = d;
+          }
+          prev_block = cur_block;
         }
       }
     }
