@@ -14,53 +14,46 @@
 namespace vl3fast::cpu::VL3FAST_ISA_NS {
 namespace {
 
-// Adds |a[v*V + l] - b[v*V + l]| into dst[l] for one V-lane vector v.
-template <int V, typename T>
-static inline void add_abs_diff(float* dst, const T* a, const T* b, int64_t v) {
-  const T* pa = a + v * V;
-  const T* pb = b + v * V;
+// Adds |a[base + e] - b[base + e]| into dst[e] for e < N (a plain loop the compiler vectorizes).
+template <int N, typename T>
+static inline void add_abs_diff(float* __restrict dst, const T* __restrict a, const T* __restrict b, int64_t base) {
+  const T* pa = a + base;
+  const T* pb = b + base;
 #pragma omp simd
-  for (int l = 0; l < V; ++l) dst[l] += std::fabs(to_float(pa[l]) - to_float(pb[l]));
+  for (int e = 0; e < N; ++e) dst[e] += std::fabs(to_float(pa[e]) - to_float(pb[e]));
 }
 
 // sum_k |a[k] - b[k]| over K values in torch's float32 cascade order with V lanes (pruning.h).
+// Stream s = k*V + l of ilp row i reads element 4*V*i + s, so one ilp row is 4V contiguous values
+// and each cascade level is a flat float[4V] (stream-major, like torch's acc[level][k] vectors).
 template <int V, typename T>
 static float torch_order_abs_diff_sum(const T* a, const T* b, int64_t K, const TorchSumOrder& o) {
-  float acc[4][4][V];  // [cascade level][stream][lane]
+  constexpr int S = 4 * V;
+  alignas(64) float acc[4][S];  // [cascade level][stream]
   for (int j = 0; j < 4; ++j)
-    for (int k = 0; k < 4; ++k)
-      for (int l = 0; l < V; ++l) acc[j][k][l] = 0.0f;
+    for (int s = 0; s < S; ++s) acc[j][s] = 0.0f;
   int64_t i = 0;
   while (i + o.step <= o.nilp) {
-    float l0[4][V];  // level 0 kept local so the hot loop stays in registers
-    for (int k = 0; k < 4; ++k)
-      for (int l = 0; l < V; ++l) l0[k][l] = acc[0][k][l];
-    for (const int64_t end = i + o.step; i < end; ++i)
-      for (int k = 0; k < 4; ++k) add_abs_diff<V>(l0[k], a, b, 4 * i + k);
+    alignas(64) float l0[S];  // level 0 is zero at the start of every step
+    for (int s = 0; s < S; ++s) l0[s] = 0.0f;
+    for (const int64_t end = i + o.step; i < end; ++i) add_abs_diff<S>(l0, a, b, S * i);
     const int top = cascade_top_level(i, o.level_power);
-    for (int k = 0; k < 4; ++k)
-      for (int l = 0; l < V; ++l) {
-        acc[1][k][l] += l0[k][l];
-        acc[0][k][l] = 0.0f;
-      }
+    for (int s = 0; s < S; ++s) acc[1][s] += l0[s];
     for (int j = 2; j <= top; ++j)
-      for (int k = 0; k < 4; ++k)
-        for (int l = 0; l < V; ++l) {
-          acc[j][k][l] += acc[j - 1][k][l];
-          acc[j - 1][k][l] = 0.0f;
-        }
+      for (int s = 0; s < S; ++s) {
+        acc[j][s] += acc[j - 1][s];
+        acc[j - 1][s] = 0.0f;
+      }
   }
-  for (; i < o.nilp; ++i)
-    for (int k = 0; k < 4; ++k) add_abs_diff<V>(acc[0][k], a, b, 4 * i + k);
+  for (; i < o.nilp; ++i) add_abs_diff<S>(acc[0], a, b, S * i);
   for (int j = 1; j < 4; ++j)
-    for (int k = 0; k < 4; ++k)
-      for (int l = 0; l < V; ++l) acc[0][k][l] += acc[j][k][l];
-  for (int64_t v = 4 * o.nilp; v < o.nvec; ++v) add_abs_diff<V>(acc[0][0], a, b, v);
+    for (int s = 0; s < S; ++s) acc[0][s] += acc[j][s];
+  for (int64_t v = 4 * o.nilp; v < o.nvec; ++v) add_abs_diff<V>(acc[0], a, b, v * V);  // into stream 0
   for (int k = 1; k < 4; ++k)
-    for (int l = 0; l < V; ++l) acc[0][0][l] += acc[0][k][l];
+    for (int l = 0; l < V; ++l) acc[0][l] += acc[0][k * V + l];
   float total = 0.0f;
   for (int64_t e = o.nvec * V; e < K; ++e) total += std::fabs(to_float(a[e]) - to_float(b[e]));
-  for (int l = 0; l < V; ++l) total += acc[0][0][l];
+  for (int l = 0; l < V; ++l) total += acc[0][l];
   return total;
 }
 
