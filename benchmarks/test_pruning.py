@@ -85,7 +85,7 @@ def test_pruning(bench, workload, case):
     bench.group = f"pruning-{workload}"
     bench.extra_info.update({"workload": workload, "case": case, "pixel_bytes": px.numel() * px.element_size(),
                              "merged_tokens": feats.shape[0]})
-    bench.pedantic(fn, rounds=3 if slow else 7, iterations=1, warmup_rounds=1)
+    bench.pedantic(fn, rounds=5 if slow else 15, iterations=1, warmup_rounds=1)
     if bench.stats is None:  # --benchmark-disable
         return
     med = bench.stats.stats.median
