@@ -100,3 +100,37 @@ def test_pruning(bench, workload, case):
     base = {"vl3fast_mask": "hf_mask", "vl3fast_mask_compact": "hf_mask_compact"}.get(case)
     if base and (workload, base) in _medians:
         info["speedup_vs_transformers"] = _medians[(workload, base)] / med
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", ["read_sum", "hf_mask", "hf_mask_compact", "vl3fast_mask", "vl3fast_mask_compact"])
+def test_pruning_cuda(bench, case):
+    """video180x448 on the GPU (wall time around a synchronize; the median over rounds)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    import vl3fast
+
+    if not vl3fast.cuda_available():
+        pytest.skip(vl3fast.cuda_status()[1])
+    t, h, w = 180, 32, 32
+    g = torch.Generator(device="cuda").manual_seed(0)
+    px = torch.rand(t * h * w, 588, device="cuda", generator=g) * 2 - 1
+    px[h * w :: 2] = px[: -h * w : 2]  # half of the later rows repeat: a mixed mask
+    grid, merges = torch.tensor([[t, h, w]]), torch.tensor([MERGE])
+    feats = torch.randn(t * (h // MERGE) * (w // MERGE), HIDDEN, device="cuda").to(torch.bfloat16)
+    gpu_grid, gpu_merges = grid.cuda(), merges.cuda()
+    if case.startswith("vl3fast"):
+        assert torch.equal(frame_keep_mask(px, grid, merges).cpu(), PROC._get_compression_mask(px.cpu(), grid, merges))
+    inner = _fn(case, px, gpu_grid if case.startswith("hf") else grid, gpu_merges if case.startswith("hf") else merges,
+                feats)
+
+    def fn():
+        out = inner()
+        torch.cuda.synchronize()
+        return out
+
+    bench.group = "pruning-cuda-video180x448"
+    bench.extra_info.update({"workload": "video180x448", "case": case, "pixel_bytes": px.numel() * 4})
+    bench.pedantic(fn, rounds=10, iterations=1, warmup_rounds=2)
+    if bench.stats is not None:
+        bench.extra_info["GB_per_s"] = px.numel() * 4 / bench.stats.stats.median / 1e9

@@ -336,3 +336,13 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.vl3fast.frame_keep_mask.default, (px, g, ms, 0.1, 1, 8, True))
     keep = frame_keep_mask(px, g, ms)
     torch.library.opcheck(torch.ops.vl3fast.keep_compaction.default, (keep, g, ms))
+
+
+def test_shared_grid_cases_match_transformers(grid):
+    """tests/conftest.py's grids (odd sizes, single-frame items, one large item beside tiny ones)."""
+    grid_thw, merges = grid
+    rows = sum(int(t * h * w) for t, h, w in grid_thw.tolist())
+    base = torch.rand(rows, 588) * 2 - 1
+    px = base + (torch.rand(rows, 588) - 0.5) * (0.3 / 255)  # scores straddle the threshold
+    keep = frame_keep_mask(px, grid_thw, merges)
+    assert torch.equal(keep, PROC._get_compression_mask(px, grid_thw, merges))
