@@ -87,7 +87,7 @@ def test_synthetic_videos_match_transformers(kind, t, h, w, m):
     assert torch.equal(diff[n:], hf_diff(px, t, h, w, m))  # bit-identical float32 scores
 
 
-@pytest.mark.parametrize("m,row_width", [(2, 588), (1, 588), (2, 100), (1, 5), (3, 7)])
+@pytest.mark.parametrize("m,row_width", [(2, 588), (1, 588), (2, 100), (1, 5), (3, 7), (4, 588)])  # m=4: cascade level-2 carry
 def test_scores_bitwise_near_threshold(m, row_width):
     """Differences placed within a few ulps of the threshold, with random spread so that the
     summation order decides the rounding: every score and decision must equal torch's."""
