@@ -62,7 +62,7 @@ def _image_to_tensor(image) -> torch.Tensor:
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        array = np.asarray(image)
+        array = np.array(image)  # writable (np.asarray of a PIL image is read-only)
     elif isinstance(image, np.ndarray):
         array = image
         if array.dtype != np.uint8:

@@ -141,11 +141,16 @@ def _open(path: str, timeout: float | None):
     path = _check_file(path)
     if os.path.getsize(path) == 0:
         raise NotMediaError(f"{path!r} is an empty file, not a video")
+    start = time.monotonic()
     try:
         return av.open(path, mode="r", timeout=timeout)
-    except av.error.EOFError as e:
-        raise CorruptMediaError(f"{path!r} ends before its header does (truncated?): {e}") from e
-    except (av.error.InvalidDataError, av.error.FFmpegError) as e:
+    except av.error.FFmpegError as e:
+        # FFmpeg's I/O interrupt fires when the timeout passes; the parser may then report it as
+        # ExitError or as invalid data, so the clock decides.
+        if isinstance(e, av.error.ExitError) or (timeout is not None and time.monotonic() - start >= timeout):
+            raise DecodeTimeoutError(f"{path!r}: opening did not finish within timeout={timeout} s") from e
+        if isinstance(e, av.error.EOFError):
+            raise CorruptMediaError(f"{path!r} ends before its header does (truncated?): {e}") from e
         if _looks_like_container(path):
             raise CorruptMediaError(f"{path!r} looks like a video container but cannot be opened "
                                     f"(truncated or corrupt): {e}") from e
@@ -365,28 +370,36 @@ def load_video(
 
             bar = tqdm(total=len(idx), unit="frame", desc=f"decoding {os.path.basename(path)}", leave=False)
         cancel = threading.Event()
-        result: dict = {}
+        state = {"finished": False, "abandoned": False, "error": None}
+        lock = threading.Lock()
 
         def work():
             try:
                 _decode_sampled(container, stream, info, idx, store, cancel, deadline, bar, seek)
             except BaseException as e:  # handed to the caller's thread
-                result["error"] = e
+                state["error"] = e
+            finally:
+                with lock:
+                    state["finished"] = True
+                    if state["abandoned"]:  # the caller timed out and left the container to us
+                        container.close()
 
-        # Decoding runs in a worker thread so a decoder stuck inside FFmpeg still lets the caller
-        # fail at the deadline; the worker also stops itself at the next frame past the deadline.
+        # Decoding runs in a worker thread so that a decoder stuck inside FFmpeg still lets the
+        # caller fail at the deadline; the worker also stops by itself at the next frame past it.
         worker = threading.Thread(target=work, name="vl3fast-decode", daemon=True)
         worker.start()
         worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if bar is not None:
             bar.close()
-        timed_out = worker.is_alive() or isinstance(result.get("error"), _Cancelled)
-        if timed_out:
-            cancel.set()
+        with lock:
+            if not state["finished"]:
+                state["abandoned"] = True
+                cancel.set()
+        error = state["error"]
+        if state["abandoned"] or isinstance(error, (_Cancelled, av.error.ExitError)):
             raise DecodeTimeoutError(
                 f"{path!r}: decoding {len(idx)} sampled frames did not finish within timeout={timeout} s"
             )
-        error = result.get("error")
         if isinstance(error, MediaError):
             raise error
         if isinstance(error, av.error.DecoderNotFoundError):
@@ -396,6 +409,6 @@ def load_video(
         if error is not None:
             raise error
     finally:
-        if 'worker' not in locals() or not worker.is_alive():
+        if not (locals().get("state") or {}).get("abandoned"):
             container.close()
     return Video(frames=out, indices=idx, info=info)
