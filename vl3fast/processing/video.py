@@ -157,12 +157,37 @@ def _open(path: str, timeout: float | None):
         raise NotMediaError(f"{path!r} is not a video file FFmpeg can read: {e}") from e
 
 
+def _mp4_top_level_boxes(path: str) -> list[bytes] | None:
+    """Types of the top-level boxes of an ISO-BMFF (MP4/MOV) file, None if it is not one."""
+    boxes = []
+    size_total = os.path.getsize(path)
+    with open(path, "rb") as f:
+        offset = 0
+        while offset + 8 <= size_total and len(boxes) < 10000:
+            f.seek(offset)
+            header = f.read(16)
+            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if not boxes and kind != b"ftyp":
+                return None
+            boxes.append(kind)
+            if size == 1 and len(header) == 16:
+                size = int.from_bytes(header[8:16], "big")
+            elif size == 0:
+                break
+            if size < 8:
+                break
+            offset += size
+    return boxes
+
+
 def _video_stream(container, path: str):
     if not container.streams.video:
-        if len(container.streams) == 0 and _looks_like_container(path):
-            raise CorruptMediaError(
-                f"{path!r} has no readable streams: the container index is missing (truncated file?)"
-            )
+        if len(container.streams) == 0:
+            boxes = _mp4_top_level_boxes(path)
+            if boxes is not None and b"moov" not in boxes:
+                raise CorruptMediaError(
+                    f"{path!r} has no 'moov' index box: the MP4 is truncated or was not finalized"
+                )
         raise EmptyVideoError(f"{path!r} has no video stream")
     stream = container.streams.video[0]
     if stream.codec_context is None:
@@ -175,23 +200,37 @@ def _video_stream(container, path: str):
     return stream
 
 
-def _packet_index(container, stream) -> tuple[list[int], list[int]]:
+def _packet_index(path: str, timeout: float | None) -> tuple[list[int], list[int]]:
     """(pts of every frame in presentation order, presentation positions of the keyframes), read by
-    demuxing only. Frames without a pts make the list empty (the caller then decodes sequentially)."""
+    demuxing only, in a container of its own so the decoding one stays at its start. Empty when
+    frames lack a pts or the demuxer fails: the caller then decodes sequentially (always correct)."""
+    import av
+
     pts, key_pts = [], []
-    container.seek(0)
-    for packet in container.demux(stream):
-        if packet.size == 0:
-            continue  # the flush packet at the end
-        if packet.pts is None:
-            return [], []
-        pts.append(packet.pts)
-        if packet.is_keyframe:
-            key_pts.append(packet.pts)
-    container.seek(0)
+    try:
+        with av.open(path, mode="r", timeout=timeout) as container:
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size == 0:
+                    continue  # the flush packet at the end
+                if packet.pts is None:
+                    return [], []
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    key_pts.append(packet.pts)
+    except av.error.FFmpegError:
+        return [], []
     pts.sort()
+    if len(set(pts)) != len(pts):
+        return [], []
     position = {p: i for i, p in enumerate(pts)}
     return pts, sorted(position[p] for p in key_pts)
+
+
+def _count_packets(path: str, timeout: float | None) -> int:
+    import av
+
+    with av.open(path, mode="r", timeout=timeout) as container:
+        return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
 
 
 def probe_video(path: str | os.PathLike, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> VideoInfo:
@@ -202,15 +241,14 @@ def probe_video(path: str | os.PathLike, *, timeout: float | None = DEFAULT_TIME
     """
     path = _check_file(path)
     with _open(path, timeout) as container:
-        return _probe(container, path)
+        return _probe(container, path, timeout)
 
 
-def _probe(container, path: str) -> VideoInfo:
+def _probe(container, path: str, timeout: float | None) -> VideoInfo:
     stream = _video_stream(container, path)
     total = int(stream.frames or 0)
     if total == 0:  # no count in the header (e.g. some Matroska/WebM): count packets
-        total = sum(1 for p in container.demux(stream) if p.size)
-        container.seek(0)
+        total = _count_packets(path, timeout)
     if total == 0:
         raise EmptyVideoError(f"{path!r}: its video stream has no frames")
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -229,38 +267,42 @@ class _Cancelled(Exception):
     pass
 
 
+class _IndexMismatch(Exception):
+    pass
+
+
 def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, store,
-                    cancel: threading.Event, deadline: float | None, bar, seek: bool) -> None:
-    """Decodes the frames `indices` (increasing), calling `store(k, frame)` for the k-th."""
-    pts, keyframes = _packet_index(container, stream) if seek else ([], [])
+                    cancel: threading.Event, deadline: float | None, bar, index) -> None:
+    """Decodes the frames `indices` (increasing), calling `store(k, frame)` for the k-th.
+
+    index: `_packet_index` output, or ([], []) to decode sequentially and count frames."""
+    import av
+
+    pts, keyframes = index
     if pts and len(pts) <= int(indices[-1]):
         raise CorruptMediaError(
             f"{info.path!r}: the header claims {info.total_frames} frames but the file holds {len(pts)} "
             f"(truncated?); frame {int(indices[-1])} was requested"
         )
     position = {p: i for i, p in enumerate(pts)}
-    use_pts = bool(pts)
-    frames_iter = None
+    use_pts = can_seek = bool(pts)
+    frames_iter = container.decode(stream)
     current = -1  # presentation position of the last decoded frame
-
-    def check():
-        if cancel.is_set():
-            raise _Cancelled()
-        if deadline is not None and time.monotonic() > deadline:
-            raise _Cancelled()
+    after_seek = False
 
     for k, target in enumerate(int(i) for i in indices):
-        if use_pts:
+        if can_seek:
             key = keyframes[bisect.bisect_right(keyframes, target) - 1] if keyframes else 0
-            if frames_iter is None or key > current + 1:
-                if frames_iter is not None or key > 0:
+            if key > current + 1:  # frames between here and that keyframe need no decoding
+                try:
                     container.seek(pts[key], stream=stream, backward=True, any_frame=False)
-                frames_iter = container.decode(stream)
-                current = -1
-        elif frames_iter is None:
-            frames_iter = container.decode(stream)
+                    frames_iter = container.decode(stream)
+                    after_seek = True
+                except av.error.FFmpegError:
+                    can_seek = False  # not seekable: keep decoding forward
         while True:
-            check()
+            if cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
+                raise _Cancelled()
             try:
                 frame = next(frames_iter)
             except StopIteration:
@@ -270,10 +312,9 @@ def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, sto
                 ) from None
             if use_pts:
                 where = position.get(frame.pts)
-                if where is None:  # a pts not in the index: give up on seeking, restart from 0
-                    return _decode_sampled(container, stream, info, indices, store, cancel, deadline, bar, False)
-                if current == -1 and where > target:  # the seek overshot: decode from the start
-                    return _decode_sampled(container, stream, info, indices, store, cancel, deadline, bar, False)
+                if where is None or (after_seek and where > target):
+                    raise _IndexMismatch()  # a pts not in the index, or the seek overshot
+                after_seek = False
                 current = where
             else:
                 current += 1
@@ -289,6 +330,17 @@ def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, sto
         store(k, frame)
         if bar is not None:
             bar.update(1)
+
+
+def _decode_with_fallback(container, stream, info, indices, store, cancel, deadline, bar, seek, timeout):
+    index = _packet_index(info.path, timeout) if seek else ([], [])
+    try:
+        _decode_sampled(container, stream, info, indices, store, cancel, deadline, bar, index)
+    except _IndexMismatch:  # the packet index does not describe the decoded frames: count instead
+        container.seek(0)
+        if bar is not None:
+            bar.reset()
+        _decode_sampled(container, stream, info, indices, store, cancel, deadline, bar, ([], []))
 
 
 def load_video(
@@ -337,7 +389,7 @@ def load_video(
     deadline = None if timeout is None else start + timeout
     container = _open(path, timeout)
     try:
-        info = _probe(container, path)
+        info = _probe(container, path, timeout)
         if indices is None:
             idx = sample_frame_indices(info.total_frames, info.fps, fps=fps, num_frames=num_frames,
                                        min_frames=min_frames, max_frames=max_frames)
@@ -375,7 +427,7 @@ def load_video(
 
         def work():
             try:
-                _decode_sampled(container, stream, info, idx, store, cancel, deadline, bar, seek)
+                _decode_with_fallback(container, stream, info, idx, store, cancel, deadline, bar, seek, timeout)
             except BaseException as e:  # handed to the caller's thread
                 state["error"] = e
             finally:
