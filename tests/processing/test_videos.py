@@ -55,6 +55,11 @@ def test_explicit_indices_and_every_decoded_frame(videos):
     v = load_video(videos["h264_bframes"], indices=picks)
     for k, i in enumerate(picks):
         assert np.array_equal(v.frames[k], every[i]), i
+    # sparse picks make the decoder skip non-reference B-frames; the picked ones must be unaffected
+    for step, offset in ((2, 1), (3, 2), (5, 4), (7, 3)):
+        picks = list(range(offset, 72, step))
+        v = load_video(videos["h264_bframes"], indices=picks)
+        assert all(np.array_equal(v.frames[k], every[i]) for k, i in enumerate(picks)), (step, offset)
     with pytest.raises(ValueError, match="increasing"):
         load_video(videos["h264_bframes"], indices=[5, 3])
     with pytest.raises(ValueError, match="increasing"):

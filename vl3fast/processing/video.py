@@ -5,7 +5,7 @@ Frame `i` is the i-th frame in presentation order, which is what transformers' P
 (`enumerate(container.decode(video=0))` from the start). To decode only what is needed, the packet
 index (pts and keyframe flags, read without decoding) maps each sampled index to a pts and to the last
 keyframe at or before it; the decoder seeks to that keyframe whenever doing so skips frames, and
-otherwise keeps decoding forward. Decoded frames go through the same `to_ndarray(format="rgb24")`
+otherwise keeps decoding forward, skipping the non-reference frames it does not need. Decoded frames go through the same `to_ndarray(format="rgb24")`
 conversion as transformers' loader, so the pixels are identical.
 """
 from __future__ import annotations
@@ -271,6 +271,17 @@ class _IndexMismatch(Exception):
     pass
 
 
+def _sparse_frames(container, stream, wanted_pts: set):
+    """Decodes forward from the container's position, telling the decoder to skip non-reference
+    frames (`skip_frame=NONREF`) except the wanted ones. A non-reference frame is by definition
+    not used to decode any other frame, so every frame that is output is bit-identical to a full
+    decode; B-frame-heavy streams decode about twice as fast when sampled sparsely."""
+    cc = stream.codec_context
+    for packet in container.demux(stream):
+        cc.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted_pts else "NONREF"
+        yield from cc.decode(packet)
+
+
 def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, store,
                     cancel: threading.Event, deadline: float | None, bar, index) -> None:
     """Decodes the frames `indices` (increasing), calling `store(k, frame)` for the k-th.
@@ -286,7 +297,8 @@ def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, sto
         )
     position = {p: i for i, p in enumerate(pts)}
     use_pts = can_seek = bool(pts)
-    frames_iter = container.decode(stream)
+    wanted = {pts[int(i)] for i in indices} if use_pts else set()
+    frames_iter = _sparse_frames(container, stream, wanted) if use_pts else container.decode(stream)
     current = -1  # presentation position of the last decoded frame
     after_seek = False
 
@@ -296,7 +308,7 @@ def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, sto
             if key > current + 1:  # frames between here and that keyframe need no decoding
                 try:
                     container.seek(pts[key], stream=stream, backward=True, any_frame=False)
-                    frames_iter = container.decode(stream)
+                    frames_iter = _sparse_frames(container, stream, wanted)
                     after_seek = True
                 except av.error.FFmpegError:
                     can_seek = False  # not seekable: keep decoding forward
@@ -337,6 +349,7 @@ def _decode_with_fallback(container, stream, info, indices, store, cancel, deadl
     try:
         _decode_sampled(container, stream, info, indices, store, cancel, deadline, bar, index)
     except _IndexMismatch:  # the packet index does not describe the decoded frames: count instead
+        stream.codec_context.skip_frame = "DEFAULT"
         container.seek(0)
         if bar is not None:
             bar.reset()
