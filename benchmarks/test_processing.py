@@ -91,6 +91,40 @@ def expected(clip, hf_processor):
     return _transformers(clip[1], hf_processor)
 
 
+def test_paired_speedup(bench, clip, hf_processor, expected):
+    """Both pipelines alternately in every round, so a machine shared with other work loads them
+    alike; the speedup is the median of the per-round ratios."""
+    import time
+
+    name, path = clip
+    times = {"transformers": [], "vl3fast": []}
+
+    def pair():
+        t0 = time.perf_counter()
+        a = _transformers(path, hf_processor)
+        t1 = time.perf_counter()
+        b = _vl3fast(path)
+        t2 = time.perf_counter()
+        times["transformers"].append(t1 - t0)
+        times["vl3fast"].append(t2 - t1)
+        return a, b
+
+    bench.group = f"processing-{name}-paired"
+    a, b = bench.pedantic(pair, rounds=5, iterations=1, warmup_rounds=0)
+    assert torch.equal(a, expected) and torch.equal(b, expected)
+    frames = estimate_tokens(videos=[path], fps=1.0).items[0].num_frames
+    ratios = [t / v for t, v in zip(times["transformers"], times["vl3fast"])]
+    bench.extra_info.update({
+        "clip": name, "sampled_frames": frames,
+        "transformers_median_s": float(np.median(times["transformers"])),
+        "vl3fast_median_s": float(np.median(times["vl3fast"])),
+        "transformers_frames_per_s": frames / float(np.median(times["transformers"])),
+        "vl3fast_frames_per_s": frames / float(np.median(times["vl3fast"])),
+        "speedup_median_of_pairs": float(np.median(ratios)),
+        "speedup_min_of_pairs": float(min(ratios)),
+    })
+
+
 @pytest.mark.parametrize("impl", ["transformers", "vl3fast"])
 def test_decode_preprocess_1fps(bench, clip, hf_processor, expected, impl):
     name, path = clip

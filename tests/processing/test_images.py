@@ -128,3 +128,17 @@ def test_official_rule_on_images():
     out = preprocess_images(_noise_image(1080, 1920, 0), cfg)
     assert out.grid_thw.tolist() == [[1, 77, 137]] and out.num_tokens == [10549]
     assert out.pixel_values.shape == (10549, 588)
+
+
+def test_pil_backend_variant_is_within_one_level():
+    """`AutoImageProcessor` defaults to the torchvision class we match bit for bit; the PIL variant
+    (`backend="pil"`) resizes with Pillow: same grids, pixels within two uint8 levels (2/127.5)."""
+    mod = pytest.importorskip("transformers.models.video_llama_3.image_processing_pil_video_llama_3")
+    pil = mod.VideoLlama3ImageProcessorPil()
+    for h, w in [(401, 299), (37, 53), (1001, 1203)]:
+        image = _noise_image(h, w, seed=h)
+        ref = pil(images=image, return_tensors="pt")
+        ours = preprocess_images(image)
+        assert torch.equal(ours.grid_thw, ref["image_grid_thw"])
+        diff = (torch.as_tensor(ref["pixel_values"]) - ours.pixel_values).abs().max().item()
+        assert 0 < diff <= 2 / 127.5 + 1e-6
