@@ -65,3 +65,12 @@ def test_bad_arguments(broken, videos):
         load_video(videos["short_10fps"], timeout=0)
     with pytest.raises(TypeError, match=r"uint8 \[T, H, W, 3\]"):
         preprocess_videos(__import__("numpy").zeros((2, 8, 8), "uint8"))
+
+
+def test_resized_video_is_not_preprocessed_twice(videos):
+    small = load_video(videos["short_10fps"], resize_to=(28, 56))
+    assert small.frames.shape == (4, 28, 56, 3)
+    with pytest.raises(ValueError, match="resize_to"):
+        preprocess_videos(small)
+    with pytest.raises(ValueError, match="resize_to"):
+        estimate_tokens(videos=[small])

@@ -29,8 +29,8 @@ class ProcessingConfig:
         number of sampled frames (transformers' video processor does `longest_edge // num_frames`).
     min_tokens / max_tokens: the "official" bounds in tokens of `(patch_size * merge_size)**2` pixels.
     fps / num_frames / min_frames / max_frames: frame sampling (transformers' `sample_frames`):
-        `num_frames` overrides `fps`; with `fps` the count is `total / video_fps * fps` clamped to
-        [min_frames, max_frames] and to the frame count.
+        set `fps=None` to use `num_frames`; with `fps` the count is `total / video_fps * fps` clamped
+        to [min_frames, max_frames] and to the frame count; both None keeps every frame.
     """
 
     resize_rule: str = "hf"
@@ -69,8 +69,6 @@ class ProcessingConfig:
             raise ValueError(f"fps must be > 0 or None, got {self.fps!r}")
         if self.num_frames is not None and (not isinstance(self.num_frames, int) or self.num_frames < 1):
             raise ValueError(f"num_frames must be a positive int or None, got {self.num_frames!r}")
-        if self.fps is None and self.num_frames is None:
-            pass  # every frame is kept (transformers with do_sample_frames=False on a decoded video)
 
     @classmethod
     def official(cls, **overrides) -> "ProcessingConfig":

@@ -167,6 +167,7 @@ def preprocess_videos(
             sources.append(("path", os.fspath(v), idx, info))
             names.append(os.path.basename(os.fspath(v)))
         elif isinstance(v, Video):
+            v.check_full_size()
             shapes.append(ItemShape(v.frames.shape[1], v.frames.shape[2], v.frames.shape[0]))
             sources.append(("frames", _frames_to_tensor(v.frames), list(v.timestamps), None))
             names.append(os.path.basename(v.info.path))

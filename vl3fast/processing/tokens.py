@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
 
-import numpy as np
 
 from .config import ProcessingConfig, resolve_config
 from .errors import TokenBudgetError
@@ -130,6 +128,7 @@ def estimate_tokens(
                 extras.append((os.path.basename(info.path), tuple(int(k) for k in idx),
                                tuple(float(k) / info.fps for k in idx)))
             elif isinstance(v, Video):
+                v.check_full_size()
                 shapes.append(ItemShape(v.frames.shape[1], v.frames.shape[2], v.frames.shape[0]))
                 extras.append((os.path.basename(v.info.path), tuple(int(k) for k in v.indices), tuple(v.timestamps)))
             elif isinstance(v, tuple) and len(v) == 3:

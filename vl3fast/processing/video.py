@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import (
-    CorruptMediaError, DecodeTimeoutError, EmptyVideoError, MediaError, MediaNotFoundError, NotMediaError,
+    CorruptMediaError, DecodeTimeoutError, EmptyVideoError, MediaError, NotMediaError,
     UnsupportedCodecError,
 )
 from .image import _check_file
@@ -35,7 +35,7 @@ _CONTAINER_MAGIC = (
     (4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide"),  # MP4 / MOV / 3GP
     (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
     (0, b"RIFF"),  # AVI
-    (0, b"FLV"), (0, b"OggS"), (0, b"\x00\x00\x01\xba"), (0, b"\x47"),  # FLV, Ogg, MPEG-PS, MPEG-TS
+    (0, b"FLV"), (0, b"OggS"), (0, b"\x00\x00\x01\xba"),  # FLV, Ogg, MPEG-PS
 )
 
 
@@ -77,6 +77,15 @@ class Video:
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
+
+    def check_full_size(self) -> None:
+        """Raises ValueError if the frames were resized while loading (`load_video(resize_to=...)`):
+        preprocessing plans sizes from the source size and must not see resized frames."""
+        if self.frames.shape[1:3] != (self.info.height, self.info.width):
+            raise ValueError(
+                f"{self.info.path!r} was loaded with resize_to={tuple(self.frames.shape[1:3])}; pass the path, "
+                "or a Video loaded without resize_to, to preprocess_videos / estimate_tokens"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
