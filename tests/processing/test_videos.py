@@ -66,6 +66,14 @@ def test_explicit_indices_and_every_decoded_frame(videos):
         load_video(videos["h264_bframes"], indices=[72])
 
 
+def test_num_frames_takes_precedence_over_default_fps(videos):
+    v = load_video(videos["h264_bframes"], num_frames=6)
+    assert v.indices.tolist() == [0, 12, 24, 36, 48, 60]
+    out = preprocess_videos(videos["h264_bframes"], num_frames=6)
+    assert out.grid_thw[0, 0].item() == 6
+    assert estimate_tokens(videos=videos["h264_bframes"], num_frames=6).items[0].num_frames == 6
+
+
 def test_webm_without_frame_count(videos):
     info = probe_video(videos["vp9_webm"])  # Matroska keeps no count: counted from packets
     assert info.total_frames == 40 and info.fps == 25.0 and info.codec == "vp9"

@@ -29,8 +29,9 @@ class ProcessingConfig:
         number of sampled frames (transformers' video processor does `longest_edge // num_frames`).
     min_tokens / max_tokens: the "official" bounds in tokens of `(patch_size * merge_size)**2` pixels.
     fps / num_frames / min_frames / max_frames: frame sampling (transformers' `sample_frames`):
-        set `fps=None` to use `num_frames`; with `fps` the count is `total / video_fps * fps` clamped
-        to [min_frames, max_frames] and to the frame count; both None keeps every frame.
+        `num_frames` (evenly spaced) takes precedence over `fps`; with `fps` the count is
+        `total / video_fps * fps` clamped to [min_frames, max_frames] and to the frame count;
+        both None keeps every frame.
     """
 
     resize_rule: str = "hf"
@@ -69,6 +70,11 @@ class ProcessingConfig:
             raise ValueError(f"fps must be > 0 or None, got {self.fps!r}")
         if self.num_frames is not None and (not isinstance(self.num_frames, int) or self.num_frames < 1):
             raise ValueError(f"num_frames must be a positive int or None, got {self.num_frames!r}")
+
+    @property
+    def sampling_fps(self) -> float | None:
+        """`fps` unless `num_frames` is set (transformers' sampler refuses both at once)."""
+        return None if self.num_frames is not None else self.fps
 
     @classmethod
     def official(cls, **overrides) -> "ProcessingConfig":

@@ -161,7 +161,7 @@ def preprocess_videos(
     for i, v in enumerate(videos):
         if isinstance(v, (str, os.PathLike)):
             info = probe_video(v, timeout=timeout)
-            idx = sample_frame_indices(info.total_frames, info.fps, fps=config.fps, num_frames=config.num_frames,
+            idx = sample_frame_indices(info.total_frames, info.fps, fps=config.sampling_fps, num_frames=config.num_frames,
                                        min_frames=config.min_frames, max_frames=config.max_frames)
             shapes.append(ItemShape(info.height, info.width, len(idx)))
             sources.append(("path", os.fspath(v), idx, info))

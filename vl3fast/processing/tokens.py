@@ -122,7 +122,7 @@ def estimate_tokens(
         for i, v in enumerate(video_list):
             if isinstance(v, (str, os.PathLike, VideoInfo)):
                 info = v if isinstance(v, VideoInfo) else probe_video(v, timeout=timeout)
-                idx = sample_frame_indices(info.total_frames, info.fps, fps=config.fps, num_frames=config.num_frames,
+                idx = sample_frame_indices(info.total_frames, info.fps, fps=config.sampling_fps, num_frames=config.num_frames,
                                            min_frames=config.min_frames, max_frames=config.max_frames)
                 shapes.append(ItemShape(info.height, info.width, len(idx)))
                 extras.append((os.path.basename(info.path), tuple(int(k) for k in idx),

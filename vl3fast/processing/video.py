@@ -381,7 +381,8 @@ def load_video(
 ) -> Video:
     """Decodes the sampled frames of a video file.
 
-    Sampling (unless `indices` is given) is `sample_frame_indices(total, video_fps, fps=..., ...)`,
+    Sampling (unless `indices` is given) is `sample_frame_indices(total, video_fps, fps=..., ...)`
+    (`num_frames`, when given, takes precedence over `fps`),
     i.e. what transformers' VideoLLaMA3 video processor picks: by default 1 frame per second, at
     least 4 and at most 180 frames, evenly spread over the whole video.
 
@@ -413,7 +414,7 @@ def load_video(
     try:
         info = _probe(container, path, timeout)
         if indices is None:
-            idx = sample_frame_indices(info.total_frames, info.fps, fps=fps, num_frames=num_frames,
+            idx = sample_frame_indices(info.total_frames, info.fps, fps=None if num_frames else fps, num_frames=num_frames,
                                        min_frames=min_frames, max_frames=max_frames)
         else:
             idx = np.asarray(indices, dtype=np.int64).reshape(-1)
