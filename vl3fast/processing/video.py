@@ -414,12 +414,14 @@ def load_video(
     try:
         info = _probe(container, path, timeout)
         if indices is None:
-            idx = sample_frame_indices(info.total_frames, info.fps, fps=None if num_frames else fps, num_frames=num_frames,
-                                       min_frames=min_frames, max_frames=max_frames)
+            idx = sample_frame_indices(info.total_frames, info.fps, fps=None if num_frames else fps,
+                                       num_frames=num_frames, min_frames=min_frames, max_frames=max_frames)
         else:
             idx = np.asarray(indices, dtype=np.int64).reshape(-1)
             if idx.size == 0 or (np.diff(idx) <= 0).any() or idx[0] < 0 or idx[-1] >= info.total_frames:
-                raise ValueError(f"indices must be increasing frame numbers in [0, {info.total_frames}), got {idx.tolist()}")
+                raise ValueError(
+                    f"indices must be increasing frame numbers in [0, {info.total_frames}), got {idx.tolist()}"
+                )
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if threads != 1 else "SLICE"
         stream.thread_count = threads
