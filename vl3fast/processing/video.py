@@ -5,8 +5,9 @@ Frame `i` is the i-th frame in presentation order, which is what transformers' P
 (`enumerate(container.decode(video=0))` from the start). To decode only what is needed, the packet
 index (pts and keyframe flags, read without decoding) maps each sampled index to a pts and to the last
 keyframe at or before it; the decoder seeks to that keyframe whenever doing so skips frames, and
-otherwise keeps decoding forward, skipping the non-reference frames it does not need. Decoded frames go through the same `to_ndarray(format="rgb24")`
-conversion as transformers' loader, so the pixels are identical.
+otherwise keeps decoding forward, skipping the non-reference frames it does not need. Decoded
+frames go through the same `to_ndarray(format="rgb24")` conversion as transformers' loader, so the
+pixels are identical.
 """
 from __future__ import annotations
 
