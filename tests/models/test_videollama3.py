@@ -280,6 +280,7 @@ def test_placeholder_count_mismatch_is_an_error(loaded):
 
 
 def test_bad_settings():
+    assert vl3fast.VideoLLaMA3ForCausalLM is VideoLLaMA3ForCausalLM  # the top-level export
     config = VideoLLaMA3Config.from_name("tiny")
     with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
         VideoLLaMA3ForCausalLM(config, attn_backend="flash")
