@@ -8,4 +8,13 @@ from ._version import __version__
 from .info import info
 from . import ops, reference
 
-__all__ = ["__version__", "info", "cuda_available", "cuda_status", "ops", "reference"]
+
+def __getattr__(name):
+    # The model needs transformers; import it only when asked for, so `import vl3fast` stays light.
+    if name == "VideoLLaMA3ForCausalLM":
+        from .models import VideoLLaMA3ForCausalLM
+
+        return VideoLLaMA3ForCausalLM
+    raise AttributeError(f"module 'vl3fast' has no attribute {name!r}")
+
+__all__ = ["__version__", "info", "cuda_available", "cuda_status", "ops", "reference", "VideoLLaMA3ForCausalLM"]

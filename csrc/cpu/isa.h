@@ -14,6 +14,8 @@ namespace vl3fast::cpu {
 
 struct KernelTable {
   void (*apply_rope2d)(const Rope2dParams&);
+  void (*frame_keep_mask)(const FrameKeepParams&);
+  void (*keep_compaction)(const KeepCompactParams&);
   void (*rope2d_attention_forward)(const AttentionParams&);
   void (*rope2d_attention_backward)(const AttentionParams&);
 };

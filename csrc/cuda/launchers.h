@@ -16,5 +16,9 @@ const char* compiled_archs();
 
 void rope2d_position_ids(const PositionIdsParams& p, int device, uintptr_t stream);
 void apply_rope2d(const Rope2dParams& p, int device, uintptr_t stream);
+void frame_keep_mask(const FrameKeepParams& p, int device, uintptr_t stream);
+// Device workspace keep_compaction needs for M merged tokens (scan inputs/outputs + CUB temp storage).
+uint64_t keep_compaction_workspace_bytes(int64_t num_tokens, int device);
+void keep_compaction(const KeepCompactParams& p, int device, uintptr_t stream);
 
 }  // namespace vl3fast::cuda

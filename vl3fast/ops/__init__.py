@@ -5,6 +5,32 @@ and calls the compiled core for the tensors' device.  Oracles live in vl3fast.re
 """
 from .attention import rope2d_attention
 from .positions import rope2d_position_ids
+from .pruning import (
+    KeepIndices,
+    PrunedPatches,
+    PrunedTokens,
+    PruningReport,
+    frame_keep_mask,
+    frame_token_diff,
+    keep_compaction,
+    prune_patches,
+    prune_tokens,
+    pruning_report,
+)
 from .rope2d import apply_rope2d
 
-__all__ = ["rope2d_position_ids", "apply_rope2d", "rope2d_attention"]
+__all__ = [
+    "rope2d_position_ids",
+    "apply_rope2d",
+    "rope2d_attention",
+    "frame_keep_mask",
+    "frame_token_diff",
+    "keep_compaction",
+    "prune_tokens",
+    "prune_patches",
+    "pruning_report",
+    "KeepIndices",
+    "PrunedTokens",
+    "PrunedPatches",
+    "PruningReport",
+]

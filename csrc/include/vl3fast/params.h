@@ -34,6 +34,46 @@ struct Rope2dParams {
   bool inverse = false;
 };
 
+// Differential Frame Pruner keep mask (spec C; layout and summation order in pruning.h).
+// keep[i] for every merged token i: frame 0 of a video and every token of a single-frame item are
+// kept; otherwise keep = 255 * mean|P_t - P_{t-1}| > threshold (float32, torch's summation order),
+// then a frame with fewer than min_tokens kept tokens keeps its first min_tokens.
+struct FrameKeepParams {
+  const void* pixels = nullptr;  // [P, row_width], rows `row_stride` elements apart, last dim contiguous
+  DType dtype = DType::kFloat32;
+  int64_t row_stride = 0;
+  int64_t row_width = 0;
+  const int64_t* item_table = nullptr;  // [num_items, kPruneFields] (pruning.h)
+  int64_t num_items = 0;
+  int64_t num_tokens = 0;  // M merged tokens
+  int64_t num_frames = 0;  // F frames (images count as one)
+  double threshold = 0.1;  // compared as float32, as torch compares a float32 tensor with a Python float
+  int64_t min_tokens = 1;
+  int32_t sum_lanes = 8;   // V of the torch summation order reproduced (8, or 1 = scalar; pruning.h)
+  int64_t max_frame_tokens = 0;  // largest (h/m)*(w/m) over the items (CUDA grid size)
+  bool* keep = nullptr;    // [M] out
+  float* diff = nullptr;   // [M] out, optional: d per token; threshold + 1 where the token is kept by rule
+};
+
+// Compaction of a keep mask: kept merged tokens and their m*m patch rows, in order, with new
+// per-frame segment bounds.  Fixed-size outputs (no host sync): entries past the kept count are -1.
+struct KeepCompactParams {
+  const bool* keep = nullptr;           // [M]
+  const int64_t* item_table = nullptr;  // [num_items, kPruneFields]
+  int64_t num_items = 0;
+  int64_t num_tokens = 0;   // M
+  int64_t num_patches = 0;  // P
+  int64_t num_frames = 0;   // F
+  int64_t* token_index = nullptr;   // [M] out: kept merged-token indices, then -1
+  int32_t* token_cu = nullptr;      // [F + 1] out: kept merged tokens per frame, cumulative
+  int64_t* patch_index = nullptr;   // [P] out: kept pixel rows, then -1
+  int32_t* patch_pos_hw = nullptr;  // [P, 2] out: original (row, col) of each kept pixel row, then -1
+  int32_t* patch_cu = nullptr;      // [F + 1] out: kept patches per frame, cumulative (cu_seqlens)
+  int64_t* num_kept = nullptr;      // [2] out: (kept merged tokens, kept patches)
+  void* workspace = nullptr;        // CUDA only: keep_compaction_workspace_bytes(M) bytes
+  uint64_t workspace_bytes = 0;
+};
+
 }  // namespace vl3fast
 
 namespace vl3fast {

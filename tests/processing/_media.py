@@ -1,0 +1,48 @@
+"""Helpers shared by the processing tests and benchmarks: synthetic video writing, transformers' loader."""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+
+def frame_pattern(i: int, height: int, width: int) -> np.ndarray:
+    """A moving gradient plus a checkerboard that flips every 7 frames: every frame differs, some
+    regions stay static (so DiffFP pruning has both kinds of tokens)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.empty((height, width, 3), np.uint8)
+    img[..., 0] = (xx * 3 + 5 * i) % 256
+    img[..., 1] = (yy * 2 + 3 * i) % 256
+    img[..., 2] = (((xx // 8 + yy // 8 + i // 7) % 2) * 180 + 20) * (xx < width // 2)
+    return img
+
+
+def write_video(path, *, width, height, fps, frames, codec="libx264", gop=None, bframes=None,
+                container_options=None, pattern=frame_pattern) -> str:
+    import av
+
+    container = av.open(str(path), "w", options=container_options or {})
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    if gop:
+        stream.codec_context.gop_size = gop
+    options = {}
+    if codec == "libx264":
+        options["preset"] = "veryfast"
+        if bframes is not None:
+            options["bframes"] = str(bframes)
+    stream.options = options
+    for i in range(frames):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(pattern(i, height, width), format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return str(path)
+
+
+def hf_load_video(path, processor, **sample_kwargs):
+    """transformers' own PyAV loader with the VideoLLaMA3 processor's `sample_frames`."""
+    from transformers.video_utils import load_video
+
+    return load_video(str(path), backend="pyav", sample_indices_fn=partial(processor.sample_frames, **sample_kwargs))

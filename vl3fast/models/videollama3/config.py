@@ -1,0 +1,241 @@
+"""VideoLLaMA3 configuration: plain dataclasses that read and write both released config.json formats.
+
+Formats (spec F):
+- transformers-native, ``model_type: video_llama_3``: ``vision_config`` + ``text_config`` (qwen2),
+  ``image_token_id`` / ``video_token_id``;
+- official trust_remote_code, ``model_type: videollama3_qwen2``: the Qwen2 fields at top level plus
+  ``vision_encoder_config``, ``mm_projector_type``, ``use_token_compression``, ``image_token_index``.
+
+Named presets: ``VideoLLaMA3Config.from_name("2b" | "7b" | "tiny")``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+NATIVE_MODEL_TYPE = "video_llama_3"
+OFFICIAL_MODEL_TYPE = "videollama3_qwen2"
+MODEL_TYPES = (NATIVE_MODEL_TYPE, OFFICIAL_MODEL_TYPE)
+
+# The placeholder ids of transformers' processor (<|image_pad|>, <|video_pad|> in the Qwen2 vocab).  The official
+# checkpoints use one <image> token (151665) for both; it is kept as `legacy_image_token_index` so the official
+# config round-trips, but the model fills the two ids below (see model.py).
+DEFAULT_IMAGE_TOKEN_ID = 151655
+DEFAULT_VIDEO_TOKEN_ID = 151656
+
+
+@dataclass
+class VisionConfig:
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_hidden_layers: int = 27
+    num_attention_heads: int = 16
+    num_channels: int = 3
+    patch_size: int = 14
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def patch_dim(self) -> int:
+        return self.num_channels * self.patch_size * self.patch_size
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"vision hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act != "gelu_pytorch_tanh":
+            raise ValueError(f"vision hidden_act must be 'gelu_pytorch_tanh' (VideoLLaMA3), got {self.hidden_act!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VisionConfig":
+        d = dict(d)
+        rope = d.get("rope_parameters") or {}
+        if rope.get("rope_type", "axial") != "axial":
+            raise ValueError(f"vision rope_type must be 'axial', got {rope.get('rope_type')!r}")
+        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta"}
+        return cls(**{k: d[k] for k in names if k in d}, rope_theta=float(theta))
+
+    def to_dict(self, fmt: str) -> dict:
+        d = dataclasses.asdict(self)
+        theta = d.pop("rope_theta")
+        if fmt == "native":
+            d.update(model_type="video_llama_3_vision", attention_dropout=0.0,
+                     rope_parameters={"rope_type": "axial", "rope_theta": theta})
+        else:
+            d.update(model_type="videollama3_vision_encoder", attention_dropout=0.0)
+        return d
+
+
+# Qwen2 fields vl3fast reads by name; any other text field is carried through `TextConfig.extra` unchanged.
+@dataclass
+class TextConfig:
+    vocab_size: int = 151936
+    hidden_size: int = 1536
+    intermediate_size: int = 8960
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 2
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+    bos_token_id: int | None = 151643
+    eos_token_id: int | list[int] | None = 151645
+    extra: dict = field(default_factory=dict)
+
+    # Keys of the official top-level dict that are not Qwen2 text fields.
+    _OFFICIAL_ONLY = (
+        "model_type", "architectures", "auto_map", "vision_encoder", "vision_encoder_config", "mm_projector_type",
+        "use_token_compression", "image_token_index", "tie_word_embeddings", "torch_dtype", "dtype",
+        "transformers_version", "image_token_id", "video_token_id", "vision_config", "text_config",
+    )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextConfig":
+        d = {k: v for k, v in d.items() if k not in cls._OFFICIAL_ONLY}
+        rope = d.pop("rope_parameters", None) or {}
+        if rope.get("rope_type", "default") != "default" or d.get("rope_scaling"):
+            raise ValueError(f"text rope must be plain (rope_type 'default'); got {rope or d.get('rope_scaling')}")
+        theta = rope.get("rope_theta", d.pop("rope_theta", 1000000.0))
+        d.pop("rope_theta", None)
+        names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "extra"}
+        known = {k: d.pop(k) for k in list(d) if k in names}
+        return cls(**known, rope_theta=float(theta), extra=d)
+
+    def to_dict(self, fmt: str) -> dict:
+        d = dataclasses.asdict(self)
+        extra = d.pop("extra")
+        theta = d.pop("rope_theta")
+        if fmt == "native":
+            d["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+        else:
+            d["rope_theta"] = theta
+        return {**extra, **d}
+
+    def to_qwen2_config(self, tie_word_embeddings: bool):
+        """The transformers Qwen2Config the LLM is built from."""
+        from transformers import Qwen2Config
+
+        d = self.to_dict("native")
+        d.pop("model_type", None)
+        return Qwen2Config(**d, tie_word_embeddings=tie_word_embeddings)
+
+
+@dataclass
+class VideoLLaMA3Config:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    image_token_id: int = DEFAULT_IMAGE_TOKEN_ID
+    video_token_id: int = DEFAULT_VIDEO_TOKEN_ID
+    tie_word_embeddings: bool = True
+    use_token_compression: bool = True
+    legacy_image_token_index: int | None = None  # official `image_token_index`, round-tripped only
+    source_format: str = "native"  # the format this config was read from
+
+    # ---- presets -----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str) -> "VideoLLaMA3Config":
+        if name not in PRESETS:
+            raise ValueError(f"unknown VideoLLaMA3 preset {name!r}; known: {sorted(PRESETS)}")
+        return copy.deepcopy(PRESETS[name])
+
+    # ---- config.json -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> "VideoLLaMA3Config":
+        model_type = d.get("model_type")
+        if model_type == NATIVE_MODEL_TYPE:
+            text = dict(d.get("text_config") or {})
+            if text.get("model_type", "qwen2") != "qwen2":
+                raise ValueError(f"text_config.model_type must be 'qwen2', got {text.get('model_type')!r}")
+            tie = bool(d.get("tie_word_embeddings", False) or text.get("tie_word_embeddings", False))
+            text.pop("tie_word_embeddings", None)
+            return cls(
+                vision=VisionConfig.from_dict(d.get("vision_config") or {}),
+                text=TextConfig.from_dict(text),
+                image_token_id=d.get("image_token_id", DEFAULT_IMAGE_TOKEN_ID),
+                video_token_id=d.get("video_token_id", DEFAULT_VIDEO_TOKEN_ID),
+                tie_word_embeddings=tie,
+                use_token_compression=d.get("use_token_compression", True),
+                source_format="native",
+            )
+        if model_type == OFFICIAL_MODEL_TYPE:
+            if d.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+                raise ValueError(f"mm_projector_type must be 'mlp2x_gelu', got {d.get('mm_projector_type')!r}")
+            vision = d.get("vision_encoder_config")
+            if not vision:
+                raise ValueError("official VideoLLaMA3 config has no 'vision_encoder_config'")
+            return cls(
+                vision=VisionConfig.from_dict(vision),
+                text=TextConfig.from_dict(d),
+                image_token_id=d.get("image_token_id", DEFAULT_IMAGE_TOKEN_ID),
+                video_token_id=d.get("video_token_id", DEFAULT_VIDEO_TOKEN_ID),
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+                use_token_compression=d.get("use_token_compression", True),
+                legacy_image_token_index=d.get("image_token_index"),
+                source_format="official",
+            )
+        raise ValueError(f"unknown model_type {model_type!r} in config; supported: {list(MODEL_TYPES)}")
+
+    def to_dict(self, fmt: str = "native") -> dict:
+        if fmt == "native":
+            text = self.text.to_dict("native")
+            text.update(model_type="qwen2", tie_word_embeddings=self.tie_word_embeddings)
+            return {
+                "model_type": NATIVE_MODEL_TYPE,
+                "architectures": ["VideoLlama3ForConditionalGeneration"],
+                "vision_config": self.vision.to_dict("native"),
+                "text_config": text,
+                "image_token_id": self.image_token_id,
+                "video_token_id": self.video_token_id,
+                "tie_word_embeddings": self.tie_word_embeddings,
+            }
+        if fmt == "official":
+            d = self.text.to_dict("official")
+            d.update(
+                model_type=OFFICIAL_MODEL_TYPE,
+                architectures=["Videollama3Qwen2ForCausalLM"],
+                vision_encoder=None,
+                vision_encoder_config=self.vision.to_dict("official"),
+                mm_projector_type="mlp2x_gelu",
+                use_token_compression=self.use_token_compression,
+                image_token_index=self.legacy_image_token_index or 151665,
+                tie_word_embeddings=self.tie_word_embeddings,
+                image_token_id=self.image_token_id,
+                video_token_id=self.video_token_id,
+            )
+            return d
+        raise ValueError(f"unknown config format {fmt!r}; supported: 'native', 'official'")
+
+
+PRESETS: dict[str, VideoLLaMA3Config] = {
+    # VideoLLaMA3-2B: SigLIP-NaViT + Qwen2.5-1.5B (tied embeddings), spec A and E.
+    "2b": VideoLLaMA3Config(
+        text=TextConfig(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                        num_key_value_heads=2, extra={"max_window_layers": 21}),
+        tie_word_embeddings=True,
+    ),
+    # VideoLLaMA3-7B: same vision tower + Qwen2.5-7B (untied).
+    "7b": VideoLLaMA3Config(
+        text=TextConfig(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                        num_attention_heads=28, num_key_value_heads=4, extra={"max_window_layers": 28}),
+        tie_word_embeddings=False,
+    ),
+    # For tests and CI: both vision head dims stay real (72), everything else is small.
+    "tiny": VideoLLaMA3Config(
+        vision=VisionConfig(hidden_size=144, intermediate_size=160, num_hidden_layers=2, num_attention_heads=2),
+        text=TextConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, bos_token_id=None, eos_token_id=None),
+        image_token_id=120,
+        video_token_id=121,
+        tie_word_embeddings=True,
+    ),
+}

@@ -1,0 +1,232 @@
+"""VideoLLaMA3ForCausalLM: vision encoder + projector + transformers' Qwen2ForCausalLM (spec A, B, E).
+
+Inputs are the dict transformers' VideoLLaMA3 processor produces.  Visual features replace the placeholder
+embeddings (image features at ``image_token_id``, video features at ``video_token_id``, each in item order),
+and the LLM runs on the result.  Generation is transformers' GenerationMixin on the LLM, fed the merged
+embeddings, so left padding, caches and decoding strategies behave exactly as in transformers.
+
+Shape suffixes: B batch, L text length, E LLM hidden size, M merged visual tokens.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import torch
+import torch.nn as nn
+
+from ... import ops, reference
+from . import checkpoint
+from . import state_dict_adapter as adapter
+from .config import VideoLLaMA3Config
+from .projector import Projector
+from .vision import VisionEncoder, check_backend, default_backend
+
+PRUNING_PLACEMENTS = ("after", "before")
+VISUAL_KEYS = ("pixel_values", "image_grid_thw", "image_merge_sizes", "pixel_values_videos", "video_grid_thw",
+               "video_merge_sizes", "video_compression_mask")
+
+
+def video_keep_mask(pixel_values_videos, video_grid_thw, video_merge_sizes) -> torch.Tensor:
+    """DiffFP keep mask ``[M]`` (spec C) with the default threshold: the fused op when this build has it,
+    else the reference.  The only place the model chooses between the two."""
+    fn = getattr(ops, "frame_keep_mask", None) or reference.frame_keep_mask
+    return fn(pixel_values_videos, video_grid_thw, video_merge_sizes)
+
+
+class VideoLLaMA3ForCausalLM(nn.Module):
+    def __init__(self, config: VideoLLaMA3Config, *, attn_backend: str | None = None, pruning: str = "after"):
+        super().__init__()
+        from transformers import Qwen2ForCausalLM
+
+        self.config = config
+        self.attn_backend = attn_backend
+        self.pruning = pruning
+        self.vision = VisionEncoder(config.vision)
+        self.projector = Projector(config.vision.hidden_size, config.text.hidden_size)
+        self.language_model = Qwen2ForCausalLM(config.text.to_qwen2_config(config.tie_word_embeddings))
+
+    # ---- settings ------------------------------------------------------------------------------------------------
+    @property
+    def attn_backend(self) -> str:
+        return self._attn_backend or default_backend()
+
+    @attn_backend.setter
+    def attn_backend(self, value: str | None) -> None:
+        self._attn_backend = None if value is None else check_backend(value)
+
+    @property
+    def pruning(self) -> str:
+        return self._pruning
+
+    @pruning.setter
+    def pruning(self, value: str) -> None:
+        if value not in PRUNING_PLACEMENTS:
+            raise ValueError(f"pruning must be one of {list(PRUNING_PLACEMENTS)}, got {value!r}")
+        self._pruning = value
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.readout[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.readout[0].weight.dtype
+
+    # ---- vision ----------------------------------------------------------------------------------------------------
+    def get_visual_features(self, pixel_values, grid_thw, merge_sizes, keep_mask=None) -> torch.Tensor:
+        """Projected features ``[M, E]`` of every merged token, in item order; with ``keep_mask`` only the
+        kept ones, pruned after the encoder or before it (``self.pruning``)."""
+        if keep_mask is not None and self.pruning == "before":
+            x_MC = self.vision(pixel_values, grid_thw, merge_sizes, backend=self.attn_backend, keep_M=keep_mask)
+            return self.projector(x_MC)
+        x_MC = self.vision(pixel_values, grid_thw, merge_sizes, backend=self.attn_backend)
+        if keep_mask is not None:
+            if keep_mask.shape != (x_MC.shape[0],):
+                raise ValueError(f"video_compression_mask has shape {tuple(keep_mask.shape)}, but the videos have "
+                                 f"{x_MC.shape[0]} merged tokens")
+            x_MC = x_MC[keep_mask.to(x_MC.device)]  # pruning drops tokens only from the LLM input (spec C)
+        return self.projector(x_MC)
+
+    def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_merge_sizes=None,
+              pixel_values_videos=None, video_grid_thw=None, video_merge_sizes=None,
+              video_compression_mask=None) -> torch.Tensor:
+        """Text embeddings ``[B, L, E]`` with visual features written at the placeholder tokens."""
+        embeds_BLE = self.language_model.get_input_embeddings()(input_ids)
+        for name, token_id, pixels, grid, merge, mask in (
+            ("image", self.config.image_token_id, pixel_values, image_grid_thw, image_merge_sizes, None),
+            ("video", self.config.video_token_id, pixel_values_videos, video_grid_thw, video_merge_sizes,
+             video_compression_mask),
+        ):
+            slots_BL = input_ids == token_id
+            if pixels is None:
+                if slots_BL.any():
+                    raise ValueError(f"the prompt has {int(slots_BL.sum())} {name} placeholder tokens (id "
+                                     f"{token_id}) but no {name} pixel values were given")
+                continue
+            if grid is None or merge is None:
+                raise ValueError(f"{name} pixel values need {name}_grid_thw and {name}_merge_sizes")
+            feats_ME = self.get_visual_features(pixels, grid, merge, mask).to(embeds_BLE.dtype)
+            count = int(slots_BL.sum())
+            if count != feats_ME.shape[0]:
+                raise ValueError(f"{name} placeholder count does not match the visual tokens: the prompt has "
+                                 f"{count} tokens with id {token_id}, the {name}s give {feats_ME.shape[0]} features")
+            embeds_BLE = embeds_BLE.masked_scatter(slots_BL[..., None], feats_ME)
+        return embeds_BLE
+
+    # ---- LLM -----------------------------------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        """transformers' CausalLMOutputWithPast of the LLM (``logits [B, L, V]``); extra keyword arguments
+        other than the processor's visual keys go to Qwen2ForCausalLM (labels, position_ids, ...)."""
+        visual = {k: kwargs.pop(k) for k in VISUAL_KEYS if k in kwargs}
+        embeds_BLE = self.embed(input_ids, **visual)
+        return self.language_model(inputs_embeds=embeds_BLE, attention_mask=attention_mask, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
+        """Token ids ``[B, L + new]`` (prompt included, as transformers returns them), via GenerationMixin."""
+        visual = {k: kwargs.pop(k) for k in VISUAL_KEYS if k in kwargs}
+        embeds_BLE = self.embed(input_ids, **visual)
+        return self.language_model.generate(input_ids=input_ids, inputs_embeds=embeds_BLE,
+                                            attention_mask=attention_mask, **kwargs)
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id, *, dtype: torch.dtype | str | None = None, device=None,
+                        attn_backend: str | None = None, pruning: str = "after") -> "VideoLLaMA3ForCausalLM":
+        """Loads a local checkpoint in either format (detected from config.json's model_type).
+
+        Keys, shapes and formats are checked against the model before any tensor is read; on a mismatch a
+        ValueError lists the missing, unexpected and mis-shaped keys and nothing is returned.
+        dtype: a torch dtype, "auto" (the checkpoint's), or None (float32).
+        """
+        directory = checkpoint.resolve_directory(path_or_repo_id)
+        raw = checkpoint.read_config(directory)
+        config = VideoLLaMA3Config.from_dict(raw)
+        dtype = _resolve_dtype(dtype, raw)
+        device = torch.device(device or "cpu")
+        files = checkpoint.weight_files(directory)
+        stored = checkpoint.tensor_shapes(files)
+
+        with torch.device("meta"):
+            model = cls(config, attn_backend=attn_backend, pruning=pruning)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        names, unexpected, misshaped = {}, [], []
+        for key, shape in stored.items():
+            name = adapter.checkpoint_to_vl3fast_key(key, config.source_format)
+            if name not in expected:
+                unexpected.append(key)
+                continue
+            want = expected[name]
+            got = (shape[0], int(torch.Size(shape[1:]).numel())) if name == "vision.patch_embed.weight" else shape
+            if tuple(got) != want:
+                misshaped.append(f"{key}: checkpoint {tuple(shape)}, config expects {want}")
+            names[key] = name
+        optional = {"language_model.lm_head.weight"} if config.tie_word_embeddings else set()
+        missing = sorted(set(expected) - set(names.values()) - optional)
+        if missing or unexpected or misshaped:
+            raise ValueError(
+                f"checkpoint {directory!r} ({config.source_format} format) does not match the model config:\n"
+                f"  missing keys ({len(missing)}): {missing}\n"
+                f"  unexpected keys ({len(unexpected)}): {sorted(unexpected)}\n"
+                f"  shape mismatches ({len(misshaped)}): {misshaped}"
+            )
+
+        model = model.to(dtype).to_empty(device=device)
+        if config.tie_word_embeddings:  # to_empty gives tied parameters separate storage: tie them again
+            model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
+        params = model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for key, tensor in checkpoint.iter_tensors(files):
+                name = names[key]
+                params[name].copy_(adapter.from_checkpoint(name, tensor, params[name].shape))
+        _reset_buffers(model, device)
+        gen_path = os.path.join(directory, "generation_config.json")
+        if os.path.isfile(gen_path):
+            from transformers import GenerationConfig
+
+            model.language_model.generation_config = GenerationConfig.from_pretrained(directory)
+        return model.eval()
+
+    def save_pretrained(self, directory: str, *, max_shard_bytes: int = 5 * 1024**3) -> None:
+        """Writes the transformers-native format (config.json + safetensors), which transformers'
+        VideoLlama3ForConditionalGeneration.from_pretrained loads."""
+        os.makedirs(directory, exist_ok=True)
+        cfg = self.config.to_dict("native")
+        cfg["dtype"] = str(self.dtype).removeprefix("torch.")
+        tensors = {}
+        for name, tensor in self.state_dict().items():
+            if name == "language_model.lm_head.weight" and self.config.tie_word_embeddings:
+                continue  # tied to the embedding; transformers re-ties it from the config
+            tensors[adapter.vl3fast_to_native_key(name)] = adapter.to_checkpoint(
+                name, tensor, self.config.vision.patch_size, self.config.vision.num_channels)
+        checkpoint.save_safetensors(tensors, directory, max_shard_bytes)
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        self.language_model.generation_config.save_pretrained(directory)
+
+
+def _resolve_dtype(dtype, raw_config: dict) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        name = raw_config.get("dtype") or raw_config.get("torch_dtype") or "float32"
+        dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, 'auto' or None; got {dtype!r}")
+    return dtype
+
+
+def _reset_buffers(model: VideoLLaMA3ForCausalLM, device: torch.device) -> None:
+    """Non-persistent buffers are not in checkpoints and `to_empty` leaves them uninitialized: rebuild them.
+    The only one is the LLM's rotary inv_freq (the vision RoPE is computed inside the attention op)."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
+
+    llm = model.language_model.model
+    with torch.device(device):
+        llm.rotary_emb = Qwen2RotaryEmbedding(config=llm.config)
+    persistent = set(model.state_dict())
+    stray = [n for n, _ in model.named_buffers() if n not in persistent and not n.startswith("language_model.model.rotary_emb.")]
+    if stray:
+        raise RuntimeError(f"uninitialized non-persistent buffers after loading: {stray}")

@@ -1,0 +1,183 @@
+"""VideoLLaMA3 vision encoder (spec A, B): a packed SigLIP "NaViT" with 2D RoPE, then the m x m downsample.
+
+Shape suffixes: P patches (packed over all images and frames), C vision hidden size, H heads, D head dim,
+S attention segments (one per frame or image), M merged tokens, K = 3 * patch * patch = 588 pixel values.
+Rows of ``pixel_values_PK`` are in merge-block order (spec A), so each merged token's m*m patches are
+contiguous; every function here relies on that.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ... import ops, reference
+from .config import VisionConfig
+
+ATTENTION_BACKENDS = ("vl3fast", "reference")
+
+
+def rope2d_attention(backend: str, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, *, theta: float, max_seqlen: int):
+    """The one place the attention backend is chosen.  ``"vl3fast"`` looks the op up at call time so the
+    model works as soon as ``vl3fast.ops.rope2d_attention`` exists; ``"reference"`` is the fp32-RoPE +
+    per-segment SDPA oracle (it reads cu_seqlens on the host in every call)."""
+    if backend == "vl3fast":
+        op = getattr(ops, "rope2d_attention", None)
+        if op is None:
+            raise RuntimeError(
+                "attention backend 'vl3fast' needs vl3fast.ops.rope2d_attention, which this build lacks; "
+                "use attn_backend='reference'"
+            )
+        return op(q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=theta, max_seqlen=max_seqlen)
+    if backend == "reference":
+        return reference.rope2d_attention(q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=theta)
+    raise ValueError(f"unknown attention backend {backend!r}; supported: {list(ATTENTION_BACKENDS)}")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; supported: {list(ATTENTION_BACKENDS)}")
+    return backend
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        c = cfg.hidden_size
+        self.num_heads, self.head_dim, self.theta = cfg.num_attention_heads, cfg.head_dim, cfg.rope_theta
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(c, c) for _ in range(4))
+
+    def forward(self, x_PC, cu_seqlens, pos_hw, max_seqlen: int, backend: str):
+        shape = (x_PC.shape[0], self.num_heads, self.head_dim)
+        q_PHD, k_PHD, v_PHD = (proj(x_PC).view(shape) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        o_PHD = rope2d_attention(backend, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=self.theta,
+                                 max_seqlen=max_seqlen)
+        return self.out_proj(o_PHD.reshape(x_PC.shape))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x_PC):
+        return self.fc2(F.gelu(self.fc1(x_PC), approximate="tanh"))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN: x + attn(LN1 x), then x + mlp(LN2 x)."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x_PC, cu_seqlens, pos_hw, max_seqlen: int, backend: str):
+        x_PC = x_PC + self.self_attn(self.layer_norm1(x_PC), cu_seqlens, pos_hw, max_seqlen, backend)
+        return x_PC + self.mlp(self.layer_norm2(x_PC))
+
+
+def downsample(x_PC: torch.Tensor, tokens_per_item: list[int], merge_sizes: list[int]) -> torch.Tensor:
+    """m x m downsample of features in merge-block order -> ``[M, C]``, merged tokens in raster order.
+
+    transformers resizes each frame bilinearly by 1/m (align_corners=False).  Output pixel i then samples
+    the input at i*m + (m-1)/2: the centre of its own m x m block.  So each merged token is the mean of the
+    block's central 1 (odd m) or 2 x 2 (even m) patches: m=1 identity, m=2 the block mean.  Working per block
+    keeps the function valid on pruned (compacted) rows, where whole blocks are missing.
+    ``tokens_per_item`` counts merged tokens per item (host ints: no sync here).
+    """
+    chunks = x_PC.split([n * m * m for n, m in zip(tokens_per_item, merge_sizes)])
+    out = []
+    for chunk, m in zip(chunks, merge_sizes):
+        if m == 1:
+            out.append(chunk)
+            continue
+        lo, hi = (m - 1) // 2, m // 2 + 1
+        blocks = chunk.view(-1, m, m, chunk.shape[-1])[:, lo:hi, lo:hi]
+        out.append(blocks.mean(dim=(1, 2)))
+    return torch.cat(out) if out else x_PC.new_zeros((0, x_PC.shape[-1]))
+
+
+class VisionEncoder(nn.Module):
+    """Patch embedding (the Conv2d as a Linear over the K-vector) -> N pre-LN layers -> post LN -> downsample."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = nn.Linear(cfg.patch_dim, cfg.hidden_size)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def encode(self, pixel_values_PK, cu_seqlens, pos_hw, max_seqlen: int, backend: str) -> torch.Tensor:
+        """Packed patches -> post-LN features ``[P, C]`` (no downsample)."""
+        if pixel_values_PK.shape[-1] != self.cfg.patch_dim:
+            raise ValueError(f"pixel_values must have {self.cfg.patch_dim} values per patch, "
+                             f"got shape {tuple(pixel_values_PK.shape)}")
+        x_PC = self.patch_embed(pixel_values_PK.to(self.patch_embed.weight.dtype))
+        for layer in self.layers:
+            x_PC = layer(x_PC, cu_seqlens, pos_hw, max_seqlen, backend)
+        return self.post_layernorm(x_PC)
+
+    def forward(self, pixel_values_PK, grid_thw, merge_sizes, *, backend: str = "vl3fast",
+                keep_M: torch.Tensor | None = None) -> torch.Tensor:
+        """Features ``[M, C]`` of the merged tokens of every item, in item order.
+
+        keep_M: optional bool ``[M]`` frame-pruning mask applied *before* the encoder: pruned patches never
+        enter it, the kept ones keep their true (row, col) positions, and only kept tokens are returned.
+        One host sync: a single ``.tolist()`` of grid, merge sizes (and keep_M when given); positions are
+        then built from host values and copied to the device without another sync.
+        """
+        n = grid_thw.shape[0]
+        if merge_sizes.shape != (n,):
+            raise ValueError(f"merge_sizes must have shape ({n},) to match grid_thw {tuple(grid_thw.shape)}, "
+                             f"got {tuple(merge_sizes.shape)}")
+        parts = [grid_thw.reshape(-1).long(), merge_sizes.long()]
+        if keep_M is not None:
+            parts.append(keep_M.reshape(-1).long())
+        host = torch.cat([p.to(grid_thw.device) for p in parts]).tolist()  # the one sync
+        grid, merges = [host[3 * i:3 * i + 3] for i in range(n)], host[3 * n:4 * n]
+        for (t, h, w), m in zip(grid, merges):
+            if m < 1 or h % m or w % m or min(t, h, w) < 1:
+                raise ValueError(f"grid (t={t}, h={h}, w={w}) is not a positive grid divisible by merge size {m}")
+        num_patches = sum(t * h * w for t, h, w in grid)
+        if pixel_values_PK.shape[0] != num_patches:
+            raise ValueError(f"pixel_values has {pixel_values_PK.shape[0]} patches but the grid describes "
+                             f"{num_patches} (sum of t*h*w over {grid})")
+        device = pixel_values_PK.device
+        pos_hw, cu_seqlens = ops.rope2d_position_ids(grid, merges)  # host lists in: no device read
+        pos_hw, cu_seqlens = pos_hw.to(device, non_blocking=True), cu_seqlens.to(device, non_blocking=True)
+        frame_tokens = [(h // m) * (w // m) for (t, h, w), m in zip(grid, merges) for _ in range(t)]
+        if keep_M is None:
+            x_PC = self.encode(pixel_values_PK, cu_seqlens, pos_hw, max((h * w for _, h, w in grid), default=0),
+                               backend)
+            return downsample(x_PC, [t * (h // m) * (w // m) for (t, h, w), m in zip(grid, merges)], merges)
+
+        keep = host[4 * n:]
+        if len(keep) != sum(frame_tokens):
+            raise ValueError(f"keep mask has {len(keep)} entries but the grid has {sum(frame_tokens)} merged tokens")
+        # Kept merged tokens per frame and per item, from the host copy of the mask.
+        frame_merge = [m for (t, _, _), m in zip(grid, merges) for _ in range(t)]
+        kept, start = [], 0
+        for count in frame_tokens:
+            kept.append(sum(keep[start:start + count]))
+            start += count
+        frame_patches = [k * m * m for k, m in zip(kept, frame_merge)]
+        # A merged token's m*m patches are contiguous rows, so expanding the mask by m*m selects whole blocks.
+        reps_M = torch.repeat_interleave(torch.tensor(frame_merge) ** 2, torch.tensor(frame_tokens))
+        keep_P = keep_M.to(device).repeat_interleave(reps_M.to(device), output_size=num_patches)
+        index = torch.nonzero_static(keep_P, size=sum(frame_patches)).squeeze(1)
+        cu_kept = torch.tensor([0] + frame_patches).cumsum(0).to(device=device, dtype=torch.int32)
+        x_PC = self.encode(pixel_values_PK[index], cu_kept, pos_hw[index], max(frame_patches, default=0), backend)
+        item_tokens, start = [], 0
+        for t, _, _ in grid:
+            item_tokens.append(sum(kept[start:start + t]))
+            start += t
+        return downsample(x_PC, item_tokens, merges)
+
+
+def default_backend() -> str:
+    """'vl3fast' when this build has the fused op, else 'reference' (used when no backend is named)."""
+    return "vl3fast" if hasattr(ops, "rope2d_attention") else "reference"

@@ -1,0 +1,32 @@
+"""Images and videos to VideoLLaMA3 model inputs, identical to transformers' VideoLLaMA3 processors.
+
+    load_image(path)                      Pillow, RGB, EXIF orientation applied
+    load_video(path, fps=1, max_frames=180)   PyAV; transformers' frame sampling; seeks; timeout
+    preprocess_images / preprocess_videos  -> VisualInputs(pixel_values [P, 588] float32,
+                                              grid_thw [N, 3] int64, merge_sizes [N] int64, timestamps)
+    estimate_tokens(images=..., videos=..., max_visual_tokens=...)   exact counts, headers only
+    ProcessingConfig                       every setting; .official() for the official resize rule
+
+Pixels are resized with torchvision (bicubic, antialiased, uint8), the backend of transformers'
+default (`AutoImageProcessor`/`AutoVideoProcessor` pick the torchvision classes), so results are
+bit-identical to `VideoLlama3ImageProcessor` and `VideoLlama3VideoProcessor`.
+Needs the `media` extra: pillow, av, torchvision.
+"""
+from .config import ProcessingConfig
+from .errors import (
+    CorruptMediaError, DecodeTimeoutError, EmptyVideoError, MediaError, MediaNotFoundError, MediaSizeError,
+    NotMediaError, TokenBudgetError, UnsupportedCodecError,
+)
+from .image import load_image
+from .preprocess import VisualInputs, normalize_patchify, preprocess_images, preprocess_videos
+from .resize import ItemPlan, ItemShape, official_resize, plan_sizes, resize_frames, smart_resize
+from .tokens import ItemEstimate, TokenEstimate, estimate_tokens
+from .video import Video, VideoInfo, load_video, probe_video, sample_frame_indices
+
+__all__ = [
+    "ProcessingConfig", "load_image", "load_video", "probe_video", "sample_frame_indices", "Video", "VideoInfo",
+    "preprocess_images", "preprocess_videos", "VisualInputs", "normalize_patchify", "estimate_tokens",
+    "TokenEstimate", "ItemEstimate", "smart_resize", "official_resize", "plan_sizes", "ItemShape", "ItemPlan",
+    "resize_frames", "MediaError", "MediaNotFoundError", "NotMediaError", "CorruptMediaError", "EmptyVideoError",
+    "UnsupportedCodecError", "DecodeTimeoutError", "MediaSizeError", "TokenBudgetError",
+]
