@@ -99,6 +99,14 @@ def test_empty_segments_and_custom_scale_theta():
     assert_matches_reference(q, k, v, cu, pos, theta=100.0, scale=0.3)
 
 
+def test_dense_mask_baseline_equals_per_segment_reference():
+    """The benchmark's dense block-diagonal mask baseline computes the same attention as the reference."""
+    from vl3fast.reference import rope2d_attention_dense_mask
+
+    q, k, v, cu, pos = _packed([1, 30, 0, 17], 2, 72, torch.float64)
+    torch.testing.assert_close(rope2d_attention_dense_mask(q, k, v, cu, pos), reference_attention(q, k, v, cu, pos))
+
+
 def test_no_tokens():
     q = torch.empty(0, 2, 72)
     out = rope2d_attention(q, q, q, torch.zeros(1, dtype=torch.int32), torch.empty(0, 2, dtype=torch.int32))
@@ -211,7 +219,7 @@ def test_bad_input(case):
         _call(**{**_good(), **change})
 
 
-@pytest.mark.parametrize("head_dim", [70, 260, 2])
+@pytest.mark.parametrize("head_dim", [70, 71, 260, 2])
 def test_unsupported_head_dim(head_dim):
     q = torch.zeros(10, 2, head_dim)
     with pytest.raises(ValueError, match=r"supported: multiples of 4 in \[4, 256\].*fast paths for \(64, 72, 80, 128\)"):
@@ -242,11 +250,10 @@ _ISA_SCRIPT = """
     pos = torch.randint(0, 30, (276, 2), generator=gen, dtype=torch.int32)
     results = {"isa": vl3fast.info()["cpu_isa"]}
     for dtype, D in ((torch.float32, 72), (torch.float32, 96), (torch.bfloat16, 72), (torch.float16, 80)):
-        if True:
-            q, k, v = (torch.randn(276, 2, D, generator=gen).to(dtype).requires_grad_() for _ in range(3))
-            out = rope2d_attention(q, k, v, cu, pos)
-            out.backward(torch.randn(out.shape, generator=gen).to(dtype))
-            results[f"{dtype}-{D}"] = [t.float().flatten().tolist() for t in (out, q.grad, k.grad, v.grad)]
+        q, k, v = (torch.randn(276, 2, D, generator=gen).to(dtype).requires_grad_() for _ in range(3))
+        out = rope2d_attention(q, k, v, cu, pos)
+        out.backward(torch.randn(out.shape, generator=gen).to(dtype))
+        results[f"{dtype}-{D}"] = [t.float().flatten().tolist() for t in (out, q.grad, k.grad, v.grad)]
     torch.save(results, OUT)
 """
 
