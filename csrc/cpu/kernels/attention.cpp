@@ -147,6 +147,45 @@ static inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
+// exp_nonpositive on a whole native vector (the same arithmetic lane by lane).
+static inline vnat vexp_nonpositive(vnat x) {
+  typedef int32_t vint __attribute__((vector_size(sizeof(vnat))));
+  const vnat lo = vnat{} - 87.0f;
+  x = x < lo ? lo : x;
+  const vnat t = x * 1.44269504088896341f;
+  const vnat n = (t + 12582912.0f) - 12582912.0f;
+  const vnat g = (t - n) * 0.693147180559945309f;
+  vnat p = vnat{} + 1.0f / 720.0f;
+  p = p * g + 1.0f / 120.0f;
+  p = p * g + 1.0f / 24.0f;
+  p = p * g + 1.0f / 6.0f;
+  p = p * g + 0.5f;
+  p = p * g + 1.0f;
+  p = p * g + 1.0f;
+  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
+  vnat scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+static inline vnat vmaximum(vnat a, vnat b) { return a > b ? a : b; }
+
+// Tree reductions over the lanes of one vector.
+static inline float hmax(vnat v) {
+  float a[kLanes];
+  std::memcpy(a, &v, sizeof a);
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) a[i] = a[i] > a[i + w] ? a[i] : a[i + w];
+  return a[0];
+}
+static inline float hsum(vnat v) {
+  float a[kLanes];
+  std::memcpy(a, &v, sizeof a);
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) a[i] += a[i + w];
+  return a[0];
+}
+
 // The template argument is the head dim of a fast path (a compile-time constant), or 0: runtime.
 template <typename T, int kD>
 struct Attention {
@@ -313,22 +352,27 @@ struct Attention {
       const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
       load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, nullptr, tmp, tmp2);
       load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vt, tmp);
-      gemm(q, Dp, kt, kLdS, s, kLdS, mq, round_up(nk, VW), D, false);
+      const int nk16 = round_up(nk, VW);
+      gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
       for (int i = 0; i < nq; ++i) {
+        // Whole-vector row max and sum with one tree reduction each: a scalar horizontal reduction
+        // per row (what `omp simd reduction` compiles to without -ffast-math) is a 16-deep add chain.
         float* si = s + i * kLdS;
-        float mx = m[i];
-#pragma omp simd reduction(max : mx)
-        for (int j = 0; j < nk; ++j) mx = si[j] > mx ? si[j] : mx;
+        for (int j = nk; j < nk16; ++j) si[j] = -INFINITY;  // padded keys: exp gives ~0, not counted
+        vnat vmax = vload(si);
+        for (int j = kLanes; j < nk16; j += kLanes) vmax = vmaximum(vmax, vload(si + j));
+        const float row_max = hmax(vmax);
+        const float mx = row_max > m[i] ? row_max : m[i];
         const float alpha = exp_nonpositive(m[i] - mx);  // m[i] = -inf on the first tile: alpha ~ 0
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < nk; ++j) {
-          const float e = exp_nonpositive(si[j] - mx);
-          si[j] = e;
-          sum += e;
+        const vnat vmx = vbroadcast(&mx);
+        vnat vsum = vnat{};
+        for (int j = 0; j < nk16; j += kLanes) {
+          const vnat e = vexp_nonpositive(vload(si + j) - vmx);
+          vstore(si + j, e);
+          vsum += e;
         }
         m[i] = mx;
-        l[i] = l[i] * alpha + sum;
+        l[i] = l[i] * alpha + hsum(vsum);
         float* oi = o + i * Dp;
 #pragma omp simd
         for (int d = 0; d < Dp; ++d) oi[d] *= alpha;
