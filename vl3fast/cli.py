@@ -17,13 +17,14 @@ def _bench(args) -> int:
     from . import bench
 
     batch = bench.synthetic_batch(frames=args.frames)
-    print(f"vl3fast bench: {batch.num_patches} patches "
-          f"(video {args.frames}x336x336 at merge 2, two images at merge 1), {args.repeats} timed runs per stage")
-    results = bench.run(batch, repeats=args.repeats)
+    print(f"vl3fast bench: {batch.num_patches} patches (a {args.frames}-frame 336x336 video at merge size 2 and two "
+          f"images at merge size 1), median of {args.repeats} timed runs per stage, {args.layers} vision layer(s)")
+    results, report = bench.run(batch, repeats=args.repeats, layers=args.layers)
+    print(report)
     print(bench.format_table(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(bench.to_json(results, batch))
+        Path(args.out).write_text(bench.to_json(results, batch, report, args.layers))
         print(f"wrote {args.out}")
     return 0 if all(r.agree for r in results) else 1
 
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="version, compiled backends (CPU ISA, CUDA archs), visible GPU").set_defaults(func=_info)
     bench = sub.add_parser("bench", help="the main job: synthetic image+video through reference and vl3fast paths")
     bench.add_argument("--frames", type=int, default=16, help="frames of the synthetic 336x336 video (default 16)")
-    bench.add_argument("--repeats", type=int, default=5, help="timed runs per stage; the median is reported")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs per stage; the median is reported")
+    bench.add_argument("--layers", type=int, default=1,
+                       help="vision encoder layers at full width (the released model has 27; time scales linearly)")
     bench.add_argument("--out", default="bench_out/bench.json", help="JSON results path ('' to skip)")
     bench.set_defaults(func=_bench)
     return parser

@@ -340,11 +340,7 @@ def test_full_size_vision_encoder_matches_transformers(backend):
     torch.manual_seed(0)
     hf = VideoLlama3VisionModel(hf_cfg).eval()
     ours = VisionEncoder(cfg).eval()
-    state = {}
-    for key, value in hf.state_dict().items():
-        name = adapter.checkpoint_to_vl3fast_key("model.vision_model." + key, "native")
-        state[name.removeprefix("vision.")] = adapter.from_checkpoint(name, value, None)
-    ours.load_state_dict(state, strict=True)
+    ours.load_state_dict(adapter.vision_state_from_transformers(hf.state_dict()), strict=True)
     pixels = torch.rand(32 * 32, 588) * 2 - 1
     grid, merge = torch.tensor([[1, 32, 32]]), torch.tensor([1])
     with torch.no_grad():

@@ -101,3 +101,15 @@ def detect_key_format(keys) -> str:
     if any(k.startswith("model.vision_encoder.") or k.startswith("model.mm_projector.") for k in keys):
         return "official"
     return "unknown"
+
+
+def vision_state_from_transformers(hf_vision_state: dict) -> dict:
+    """A transformers `VideoLlama3VisionModel` state dict -> a `VisionEncoder` state dict (for the swap from a
+    loaded transformers model, the benchmarks and the parity tests)."""
+    state = {}
+    for key, value in hf_vision_state.items():
+        name = checkpoint_to_vl3fast_key("model.vision_model." + key, "native")
+        if name is None:
+            raise ValueError(f"unexpected key in a transformers vision state dict: {key}")
+        state[name.removeprefix("vision.")] = from_checkpoint(name, value, None)
+    return state
