@@ -1,19 +1,31 @@
 """VideoLLaMA3 vision encoder end to end (patch embed -> layers -> post LN -> downsample), real sizes, random weights.
 
 Compares vl3fast's VisionEncoder against transformers' VideoLlama3VisionModel (sdpa, per-frame loop) on the
-same weights and inputs, in fp32 and bf16, on the shared workloads `video16x336` and `mixed5`.
-Layers: VL3FAST_BENCH_LAYERS (default 1, so CI stays fast; the released model has 27).  Every layer costs the
-same on a given workload, so the 27-layer time is extrapolated as t * 27 / layers (patch embedding, post-LN
-and downsample are under 1% of one layer); it is stored as `extrapolated_27_layer_s`.
+same weights and inputs, in fp32 and bf16, on the shared workloads `video16x336` and `mixed5`.  The two run
+*paired*: every round times transformers and vl3fast back to back (order alternating), so the speedup is a
+ratio of medians from the same rounds under the same machine load.  Each round also checks that both give the
+same features (fp32: relative L2 error < 1e-4; bf16: < 2e-2).
 
-Run: pytest benchmarks/test_vision_encoder.py --benchmark-only   (or --benchmark-disable for a smoke run)
+Layers: VL3FAST_BENCH_LAYERS (default 1; the released model has 27).  Every layer costs the same on a given
+workload, so the 27-layer time is extrapolated as t * 27 / layers (patch embedding, post-LN and downsample
+are under 1% of one layer); it is stored as `extrapolated_27_layer_s`.
+
+Heavy cases (video16x336, mixed5; minutes on 2 cores in bf16) run only with VL3FAST_BENCH_FULL=1; otherwise
+a 2-frame smoke workload keeps `pytest benchmarks --benchmark-disable` fast for CI.
+
+Run: VL3FAST_BENCH_FULL=1 pytest benchmarks/test_vision_encoder.py --benchmark-only \
+         --benchmark-json=benchmarks/results/vision_encoder_cpu_<date>.json
+Why the time goes where it goes: python benchmarks/profile_vision_encoder.py
 """
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vl3fast
 from vl3fast.models.videollama3 import VideoLLaMA3Config
@@ -21,29 +33,27 @@ from vl3fast.models.videollama3 import state_dict_adapter as adapter
 from vl3fast.models.videollama3.vision import VisionEncoder
 
 LAYERS = int(os.environ.get("VL3FAST_BENCH_LAYERS", "1"))
+FULL = os.environ.get("VL3FAST_BENCH_FULL") == "1"
 FULL_LAYERS = 27
+ROUNDS = int(os.environ.get("VL3FAST_BENCH_ROUNDS", "3"))
 # (grid_thw, merge_sizes) in patches of 14 px.
 WORKLOADS = {
     "video16x336": ([[16, 24, 24]], [2]),
     "mixed5": ([[1, 16, 16], [1, 24, 32], [1, 32, 32], [1, 14, 22], [1, 36, 20]], [1, 1, 1, 1, 1]),
+    "smoke": ([[2, 8, 8], [1, 6, 10]], [2, 1]),
 }
-IMPLS = [
-    "transformers",
-    pytest.param("vl3fast", marks=pytest.mark.skipif(
-        not hasattr(vl3fast.ops, "rope2d_attention"), reason="vl3fast.ops.rope2d_attention is not in this build")),
-    "vl3fast-reference-attn",  # vl3fast's encoder with the reference attention: isolates the attention op's share
-]
+HEAVY = ("video16x336", "mixed5")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}  # relative L2 error of vl3fast vs transformers features
 
 
-@pytest.fixture(scope="module")
-def encoders():
-    """Both encoders with the same random weights, built once per module and cast per case."""
+def build_encoders(layers: int):
+    """transformers' and vl3fast's encoders with the same random weights (real 2B vision config)."""
     from transformers import VideoLlama3VisionConfig
     from transformers.models.video_llama_3.modeling_video_llama_3 import VideoLlama3VisionModel
 
     cfg = VideoLLaMA3Config.from_name("2b").vision
-    cfg.num_hidden_layers = LAYERS
+    cfg.num_hidden_layers = layers
     torch.manual_seed(0)
     hf = VideoLlama3VisionModel(VideoLlama3VisionConfig(**cfg.to_dict("native"), attn_implementation="sdpa")).eval()
     ours = VisionEncoder(cfg).eval()
@@ -55,33 +65,94 @@ def encoders():
     return hf, ours
 
 
+@pytest.fixture(scope="module")
+def encoders():
+    return build_encoders(LAYERS)
+
+
+def _skip_heavy(workload: str) -> None:
+    if workload in HEAVY and not FULL:
+        pytest.skip(f"{workload} is a heavy case: set VL3FAST_BENCH_FULL=1")
+
+
+@pytest.mark.skipif(not hasattr(vl3fast.ops, "rope2d_attention"), reason="needs vl3fast.ops.rope2d_attention")
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
-def test_vision_encoder(bench, encoders, workload, impl, dtype):
+def test_vision_encoder(bench, encoders, workload, dtype):
+    _skip_heavy(workload)
     hf, ours = encoders
     grid_list, merge_list = WORKLOADS[workload]
     grid, merge = torch.tensor(grid_list), torch.tensor(merge_list)
     patches = int(grid.prod(1).sum())
-    pixels = (torch.rand(patches, 588) * 2 - 1).to(DTYPES[dtype])
-    if impl == "transformers":
-        model = hf.to(DTYPES[dtype])
+    pixels = (torch.rand(patches, 588, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(DTYPES[dtype])
+    hf.to(DTYPES[dtype])
+    ours.to(DTYPES[dtype])
+    impls = {
+        "transformers": lambda: hf(pixel_values=pixels, grid_thw=grid, merge_sizes=merge).last_hidden_state,
+        "vl3fast": lambda: ours(pixels, grid, merge, backend="vl3fast"),
+    }
+    times = {name: [] for name in impls}
+    errors = []
 
-        def run():
-            return model(pixel_values=pixels, grid_thw=grid, merge_sizes=merge).last_hidden_state
-    else:
-        model = ours.to(DTYPES[dtype])
-        backend = "vl3fast" if impl == "vl3fast" else "reference"
-
-        def run():
-            return model(pixels, grid, merge, backend=backend)
+    def paired_round():
+        order = list(impls) if len(times["vl3fast"]) % 2 == 0 else list(reversed(impls))
+        outs = {}
+        for name in order:
+            start = time.perf_counter()
+            outs[name] = impls[name]()
+            times[name].append(time.perf_counter() - start)
+        ref, got = outs["transformers"].float(), outs["vl3fast"].float()
+        errors.append(float((got - ref).norm() / ref.norm()))
 
     with torch.inference_mode():
         if not bench.disabled:
-            run()  # warm-up: allocator, oneDNN primitive caches
-        bench.pedantic(run, rounds=3, iterations=1)
-    seconds = bench.stats.stats.median if bench.stats else float("nan")
+            paired_round()  # warm-up: allocator, oneDNN primitive caches
+            for t in times.values():
+                t.clear()
+            errors.clear()
+        bench.pedantic(paired_round, rounds=ROUNDS if not bench.disabled else 1, iterations=1)
+    assert max(errors) < TOLERANCE[dtype], f"vl3fast vs transformers relative error {max(errors):.2e}"
+    med = {name: statistics.median(t) for name, t in times.items()}
     bench.extra_info.update(
-        workload=workload, impl=impl, dtype=dtype, layers=LAYERS, patches=patches,
-        tokens_per_s=patches / seconds, extrapolated_27_layer_s=seconds * FULL_LAYERS / LAYERS,
+        workload=workload, dtype=dtype, layers=LAYERS, patches=patches, rounds=len(times["vl3fast"]),
+        seconds={name: t for name, t in times.items()}, median_s=med,
+        tokens_per_s={name: patches / s for name, s in med.items()},
+        speedup_vs_transformers=med["transformers"] / med["vl3fast"],
+        extrapolated_27_layer_s={name: s * FULL_LAYERS / LAYERS for name, s in med.items()},
+        max_rel_error=max(errors), load_avg_1min=os.getloadavg()[0],
     )
+
+
+@pytest.mark.parametrize("shape", [(9216, 1152, 4304)], ids=["video16x336-fc1"])
+def test_matmul_bf16_vs_fp32(bench, shape):
+    """torch's own bf16 vs fp32 GEMM on this CPU (the issue assumed bf16 ~3x faster), paired like above."""
+    if not FULL:
+        shape = (512, shape[1], shape[2])
+    m, k, n = shape
+    x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+    cases = {"fp32": (x, w, b), "bf16": (x.bfloat16(), w.bfloat16(), b.bfloat16())}
+    times = {name: [] for name in cases}
+
+    def paired_round():
+        for name, (xx, ww, bb) in cases.items():
+            start = time.perf_counter()
+            F.linear(xx, ww, bb)
+            times[name].append(time.perf_counter() - start)
+
+    with torch.inference_mode():
+        if not bench.disabled:
+            paired_round()
+            for t in times.values():
+                t.clear()
+        bench.pedantic(paired_round, rounds=ROUNDS if not bench.disabled else 1, iterations=1)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    bench.extra_info.update(
+        shape_mkn=shape, median_s=med, gflops={name: 2 * m * k * n / s / 1e9 for name, s in med.items()},
+        bf16_over_fp32_time=med["bf16"] / med["fp32"], cpu_has_avx512_bf16=_avx512_bf16(),
+        load_avg_1min=os.getloadavg()[0],
+    )
+
+
+def _avx512_bf16() -> bool:
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe()) if probe else False

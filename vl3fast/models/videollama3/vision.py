@@ -40,19 +40,74 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def _cpu_half_gemm_is_native(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies ``dtype`` matrices natively (AVX512-BF16 / AMX).  Without them oneDNN
+    emulates bf16 GEMMs, which measured 4-6x *slower* than fp32 GEMMs on the project's Xeon (AVX-512 only)."""
+    probe = {torch.bfloat16: "_is_avx512_bf16_supported", torch.float16: "_is_amx_fp16_supported"}[dtype]
+    fn = getattr(torch.cpu, probe, None)
+    return bool(fn()) if fn is not None else False
+
+
+# None: decide per dtype from the CPU (above); True / False force the fp32 GEMM path for bf16/fp16 on or off.
+UPCAST_CPU_HALF_GEMM: bool | None = None
+_NATIVE: dict[torch.dtype, bool] = {}
+
+
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)``, except that a bf16/fp16 GEMM on a CPU without native support for it runs as an fp32 GEMM
+    of the upcast operands, rounded back to x's dtype.  Products of bf16 (fp16) values are exact in fp32 and
+    the native kernels accumulate in fp32 too, so the result is the same bf16 linear up to summation order
+    (the weights are converted per call: < 1% of the GEMM at vision-encoder sizes)."""
+    w = layer.weight
+    if x.device.type == "cpu" and w.dtype in (torch.bfloat16, torch.float16):
+        upcast = UPCAST_CPU_HALF_GEMM
+        if upcast is None:
+            if w.dtype not in _NATIVE:
+                _NATIVE[w.dtype] = _cpu_half_gemm_is_native(w.dtype)
+            upcast = not _NATIVE[w.dtype]
+        if upcast:
+            bias = None if layer.bias is None else layer.bias.float()
+            return F.linear(x.float(), w.float(), bias).to(x.dtype)
+    return F.linear(x, w, layer.bias)
+
+
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+
 class Attention(nn.Module):
+    """q, k and v come from one GEMM: ``qkv`` holds ``[Wq; Wk; Wv]`` (``[3C, C]``).  The state dict keeps the
+    checkpoint's ``q_proj`` / ``k_proj`` / ``v_proj`` keys: they are views of ``qkv`` (copying into them fills
+    it), and ``load_state_dict`` concatenates them, so checkpoints and the key adapter never see ``qkv``."""
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         c = cfg.hidden_size
         self.num_heads, self.head_dim, self.theta = cfg.num_attention_heads, cfg.head_dim, cfg.rope_theta
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(c, c) for _ in range(4))
+        self.qkv = nn.Linear(c, 3 * c)
+        self.out_proj = nn.Linear(c, c)
+        self.register_state_dict_post_hook(_split_qkv)
+        self.register_load_state_dict_pre_hook(_fuse_qkv)
 
     def forward(self, x_PC, cu_seqlens, pos_hw, max_seqlen: int, backend: str):
-        shape = (x_PC.shape[0], self.num_heads, self.head_dim)
-        q_PHD, k_PHD, v_PHD = (proj(x_PC).view(shape) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        # [P, 3C] -> three strided [P, H, D] views (token stride 3C, last dim contiguous): the op takes them as is.
+        q_PHD, k_PHD, v_PHD = linear(x_PC, self.qkv).view(x_PC.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
         o_PHD = rope2d_attention(backend, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=self.theta,
                                  max_seqlen=max_seqlen)
-        return self.out_proj(o_PHD.reshape(x_PC.shape))
+        return linear(o_PHD.reshape(x_PC.shape), self.out_proj)
+
+
+def _split_qkv(module, state_dict, prefix, local_metadata) -> None:
+    for kind in ("weight", "bias"):
+        fused = state_dict.pop(prefix + "qkv." + kind)
+        for name, part in zip(_QKV, fused.detach().chunk(3, dim=0)):
+            state_dict[f"{prefix}{name}.{kind}"] = part
+
+
+def _fuse_qkv(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    for kind in ("weight", "bias"):
+        keys = [f"{prefix}{name}.{kind}" for name in _QKV]
+        if all(k in state_dict for k in keys):  # otherwise load_state_dict reports the missing/unexpected keys
+            state_dict[f"{prefix}qkv.{kind}"] = torch.cat([state_dict.pop(k) for k in keys])
 
 
 class MLP(nn.Module):
@@ -62,7 +117,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x_PC):
-        return self.fc2(F.gelu(self.fc1(x_PC), approximate="tanh"))
+        return linear(F.gelu(linear(x_PC, self.fc1), approximate="tanh"), self.fc2)
 
 
 class EncoderLayer(nn.Module):
@@ -98,6 +153,8 @@ def downsample(x_PC: torch.Tensor, tokens_per_item: list[int], merge_sizes: list
         lo, hi = (m - 1) // 2, m // 2 + 1
         blocks = chunk.view(-1, m, m, chunk.shape[-1])[:, lo:hi, lo:hi]
         out.append(blocks.mean(dim=(1, 2)))
+    if len(out) == 1:
+        return out[0]
     return torch.cat(out) if out else x_PC.new_zeros((0, x_PC.shape[-1]))
 
 
@@ -116,7 +173,7 @@ class VisionEncoder(nn.Module):
         if pixel_values_PK.shape[-1] != self.cfg.patch_dim:
             raise ValueError(f"pixel_values must have {self.cfg.patch_dim} values per patch, "
                              f"got shape {tuple(pixel_values_PK.shape)}")
-        x_PC = self.patch_embed(pixel_values_PK.to(self.patch_embed.weight.dtype))
+        x_PC = linear(pixel_values_PK.to(self.patch_embed.weight.dtype), self.patch_embed)
         for layer in self.layers:
             x_PC = layer(x_PC, cu_seqlens, pos_hw, max_seqlen, backend)
         return self.post_layernorm(x_PC)
