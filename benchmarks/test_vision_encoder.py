@@ -6,9 +6,11 @@ same weights and inputs, in fp32 and bf16, on the shared workloads `video16x336`
 ratio of medians from the same rounds under the same machine load.  Each round also checks that both give the
 same features (fp32: relative L2 error < 1e-4; bf16: < 2e-2).
 
-Layers: VL3FAST_BENCH_LAYERS (default 1; the released model has 27).  Every layer costs the same on a given
-workload, so the 27-layer time is extrapolated as t * 27 / layers (patch embedding, post-LN and downsample
-are under 1% of one layer); it is stored as `extrapolated_27_layer_s`.
+Layers: VL3FAST_BENCH_LAYERS (default 1; the released model has 27).  Each round also times both encoders with
+their layers removed (patch embedding + post-LN + downsample: the fixed part, which is *not* negligible for
+transformers, whose Conv2d patch embedding runs through oneDNN's convolution).  So per_layer_s =
+(t - t_fixed) / layers, and the 27-layer time is extrapolated as t_fixed + 27 * per_layer_s
+(`extrapolated_27_layer_s`, with its own speedup `speedup_27_layers`).
 
 Heavy cases (video16x336, mixed5; minutes on 2 cores in bf16) run only with VL3FAST_BENCH_FULL=1; otherwise
 a 2-frame smoke workload keeps `pytest benchmarks --benchmark-disable` fast for CI.
@@ -19,6 +21,7 @@ Why the time goes where it goes: python benchmarks/profile_vision_encoder.py
 """
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import time
@@ -85,13 +88,14 @@ def test_vision_encoder(bench, encoders, workload, dtype):
     grid, merge = torch.tensor(grid_list), torch.tensor(merge_list)
     patches = int(grid.prod(1).sum())
     pixels = (torch.rand(patches, 588, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(DTYPES[dtype])
-    hf.to(DTYPES[dtype])
-    ours.to(DTYPES[dtype])
+    hf, ours = (copy.deepcopy(m).to(DTYPES[dtype]) for m in (hf, ours))  # the fp32 masters stay fp32
     impls = {
         "transformers": lambda: hf(pixel_values=pixels, grid_thw=grid, merge_sizes=merge).last_hidden_state,
         "vl3fast": lambda: ours(pixels, grid, merge, backend="vl3fast"),
     }
+    layer_lists = {"transformers": (hf.encoder, "layers"), "vl3fast": (ours, "layers")}
     times = {name: [] for name in impls}
+    fixed = {name: [] for name in impls}
     errors = []
 
     def paired_round():
@@ -101,24 +105,40 @@ def test_vision_encoder(bench, encoders, workload, dtype):
             start = time.perf_counter()
             outs[name] = impls[name]()
             times[name].append(time.perf_counter() - start)
+            owner, attr = layer_lists[name]
+            layers = getattr(owner, attr)
+            setattr(owner, attr, torch.nn.ModuleList())
+            try:
+                start = time.perf_counter()
+                impls[name]()
+                fixed[name].append(time.perf_counter() - start)
+            finally:
+                setattr(owner, attr, layers)
         ref, got = outs["transformers"].float(), outs["vl3fast"].float()
         errors.append(float((got - ref).norm() / ref.norm()))
 
     with torch.inference_mode():
         if not bench.disabled:
             paired_round()  # warm-up: allocator, oneDNN primitive caches
-            for t in times.values():
+            for t in (*times.values(), *fixed.values()):
                 t.clear()
             errors.clear()
         bench.pedantic(paired_round, rounds=ROUNDS if not bench.disabled else 1, iterations=1)
     assert max(errors) < TOLERANCE[dtype], f"vl3fast vs transformers relative error {max(errors):.2e}"
     med = {name: statistics.median(t) for name, t in times.items()}
+    med_fixed = {name: statistics.median(t) for name, t in fixed.items()}
+    # per round, so the layer time and its ratio come from the same round's pair of measurements
+    per_layer = {name: statistics.median((a - b) / LAYERS for a, b in zip(times[name], fixed[name]))
+                 for name in impls}
+    full = {name: med_fixed[name] + FULL_LAYERS * per_layer[name] for name in impls}
     bench.extra_info.update(
         workload=workload, dtype=dtype, layers=LAYERS, patches=patches, rounds=len(times["vl3fast"]),
-        seconds={name: t for name, t in times.items()}, median_s=med,
+        seconds=times, fixed_seconds=fixed, median_s=med, fixed_median_s=med_fixed, per_layer_s=per_layer,
         tokens_per_s={name: patches / s for name, s in med.items()},
         speedup_vs_transformers=med["transformers"] / med["vl3fast"],
-        extrapolated_27_layer_s={name: s * FULL_LAYERS / LAYERS for name, s in med.items()},
+        speedup_per_layer=per_layer["transformers"] / per_layer["vl3fast"],
+        extrapolated_27_layer_s=full, speedup_27_layers=full["transformers"] / full["vl3fast"],
+        tokens_per_s_27_layers={name: patches / s for name, s in full.items()},
         max_rel_error=max(errors), load_avg_1min=os.getloadavg()[0],
     )
 
