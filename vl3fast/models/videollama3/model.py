@@ -78,15 +78,8 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     def get_visual_features(self, pixel_values, grid_thw, merge_sizes, keep_mask=None) -> torch.Tensor:
         """Projected features ``[M, E]`` of every merged token, in item order; with ``keep_mask`` only the
         kept ones, pruned after the encoder or before it (``self.pruning``)."""
-        if keep_mask is not None and self.pruning == "before":
-            x_MC = self.vision(pixel_values, grid_thw, merge_sizes, backend=self.attn_backend, keep_M=keep_mask)
-            return self.projector(x_MC)
-        x_MC = self.vision(pixel_values, grid_thw, merge_sizes, backend=self.attn_backend)
-        if keep_mask is not None:
-            if keep_mask.shape != (x_MC.shape[0],):
-                raise ValueError(f"video_compression_mask has shape {tuple(keep_mask.shape)}, but the videos have "
-                                 f"{x_MC.shape[0]} merged tokens")
-            x_MC = x_MC[keep_mask.to(x_MC.device)]  # pruning drops tokens only from the LLM input (spec C)
+        x_MC = self.vision(pixel_values, grid_thw, merge_sizes, backend=self.attn_backend, keep_M=keep_mask,
+                           prune=self.pruning)  # one host sync in all cases
         return self.projector(x_MC)
 
     def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_merge_sizes=None,

@@ -179,14 +179,18 @@ class VisionEncoder(nn.Module):
         return self.post_layernorm(x_PC)
 
     def forward(self, pixel_values_PK, grid_thw, merge_sizes, *, backend: str = "vl3fast",
-                keep_M: torch.Tensor | None = None) -> torch.Tensor:
+                keep_M: torch.Tensor | None = None, prune: str = "before") -> torch.Tensor:
         """Features ``[M, C]`` of the merged tokens of every item, in item order.
 
-        keep_M: optional bool ``[M]`` frame-pruning mask applied *before* the encoder: pruned patches never
-        enter it, the kept ones keep their true (row, col) positions, and only kept tokens are returned.
-        One host sync: a single ``.tolist()`` of grid, merge sizes (and keep_M when given); positions are
-        then built from host values and copied to the device without another sync.
+        keep_M: optional ``[M]`` frame-pruning mask (True = keep); only kept tokens are returned.
+        prune="before" (default): pruned patches never enter the encoder and the kept ones keep their true
+        (row, col) positions.  prune="after": every patch is encoded and the pruned tokens are dropped after
+        the downsample (what transformers does).
+        One host sync: a single ``.tolist()`` of grid, merge sizes (and keep_M when given); positions, segment
+        boundaries and the kept-row indices (``nonzero_static`` with the host count) are built without another.
         """
+        if prune not in ("before", "after"):
+            raise ValueError(f"prune must be 'before' or 'after', got {prune!r}")
         n = grid_thw.shape[0]
         if merge_sizes.shape != (n,):
             raise ValueError(f"merge_sizes must have shape ({n},) to match grid_thw {tuple(grid_thw.shape)}, "
@@ -204,27 +208,34 @@ class VisionEncoder(nn.Module):
             raise ValueError(f"pixel_values has {pixel_values_PK.shape[0]} patches but the grid describes "
                              f"{num_patches} (sum of t*h*w over {grid})")
         device = pixel_values_PK.device
+        frame_tokens = [(h // m) * (w // m) for (t, h, w), m in zip(grid, merges) for _ in range(t)]
+        keep = host[4 * n:]
+        if keep_M is not None and len(keep) != sum(frame_tokens):
+            raise ValueError(f"keep mask (video_compression_mask) has {len(keep)} entries but the grid has "
+                             f"{sum(frame_tokens)} merged tokens")
         pos_hw, cu_seqlens = ops.rope2d_position_ids(grid, merges)  # host lists in: no device read
         pos_hw, cu_seqlens = pos_hw.to(device, non_blocking=True), cu_seqlens.to(device, non_blocking=True)
-        frame_tokens = [(h // m) * (w // m) for (t, h, w), m in zip(grid, merges) for _ in range(t)]
-        if keep_M is None:
+        if keep_M is None or prune == "after":
             x_PC = self.encode(pixel_values_PK, cu_seqlens, pos_hw, max((h * w for _, h, w in grid), default=0),
                                backend)
-            return downsample(x_PC, [t * (h // m) * (w // m) for (t, h, w), m in zip(grid, merges)], merges)
+            x_MC = downsample(x_PC, [t * (h // m) * (w // m) for (t, h, w), m in zip(grid, merges)], merges)
+            if keep_M is None:
+                return x_MC
+            # pruning drops tokens only from the LLM input (spec C); the kept count is known on the host
+            index = torch.nonzero_static(keep_M.reshape(-1).to(device), size=sum(map(bool, keep))).squeeze(1)
+            return x_MC.index_select(0, index)
 
-        keep = host[4 * n:]
-        if len(keep) != sum(frame_tokens):
-            raise ValueError(f"keep mask has {len(keep)} entries but the grid has {sum(frame_tokens)} merged tokens")
         # Kept merged tokens per frame and per item, from the host copy of the mask.
         frame_merge = [m for (t, _, _), m in zip(grid, merges) for _ in range(t)]
         kept, start = [], 0
         for count in frame_tokens:
-            kept.append(sum(keep[start:start + count]))
+            kept.append(sum(map(bool, keep[start:start + count])))
             start += count
         frame_patches = [k * m * m for k, m in zip(kept, frame_merge)]
         # A merged token's m*m patches are contiguous rows, so expanding the mask by m*m selects whole blocks.
-        reps_M = torch.repeat_interleave(torch.tensor(frame_merge) ** 2, torch.tensor(frame_tokens))
-        keep_P = keep_M.to(device).repeat_interleave(reps_M.to(device), output_size=num_patches)
+        reps_M = torch.repeat_interleave(torch.tensor(frame_merge) ** 2, torch.tensor(frame_tokens),
+                                         output_size=sum(frame_tokens))
+        keep_P = keep_M.reshape(-1).to(device).repeat_interleave(reps_M.to(device), output_size=num_patches)
         index = torch.nonzero_static(keep_P, size=sum(frame_patches)).squeeze(1)
         cu_kept = torch.tensor([0] + frame_patches).cumsum(0).to(device=device, dtype=torch.int32)
         x_PC = self.encode(pixel_values_PK[index], cu_kept, pos_hw[index], max(frame_patches, default=0), backend)
