@@ -131,13 +131,20 @@ def test_vision_encoder(bench, encoders, workload, dtype):
     per_layer = {name: statistics.median((a - b) / LAYERS for a, b in zip(times[name], fixed[name]))
                  for name in impls}
     full = {name: med_fixed[name] + FULL_LAYERS * per_layer[name] for name in impls}
+    # ratios per round (both impls measured back to back), then the median: robust to load changing between rounds
+    round_ratio = [(ta - fa) / (tb - fb) for ta, fa, tb, fb in zip(times["transformers"], fixed["transformers"],
+                                                                    times["vl3fast"], fixed["vl3fast"])]
+    round_ratio_e2e = [ta / tb for ta, tb in zip(times["transformers"], times["vl3fast"])]
+    round_ratio_27 = [(fa + FULL_LAYERS * (ta - fa) / LAYERS) / (fb + FULL_LAYERS * (tb - fb) / LAYERS)
+                      for ta, fa, tb, fb in zip(times["transformers"], fixed["transformers"], times["vl3fast"],
+                                                fixed["vl3fast"])]
     bench.extra_info.update(
         workload=workload, dtype=dtype, layers=LAYERS, patches=patches, rounds=len(times["vl3fast"]),
         seconds=times, fixed_seconds=fixed, median_s=med, fixed_median_s=med_fixed, per_layer_s=per_layer,
         tokens_per_s={name: patches / s for name, s in med.items()},
-        speedup_vs_transformers=med["transformers"] / med["vl3fast"],
-        speedup_per_layer=per_layer["transformers"] / per_layer["vl3fast"],
-        extrapolated_27_layer_s=full, speedup_27_layers=full["transformers"] / full["vl3fast"],
+        speedup_vs_transformers=statistics.median(round_ratio_e2e),
+        speedup_per_layer=statistics.median(round_ratio), speedup_per_layer_rounds=round_ratio,
+        extrapolated_27_layer_s=full, speedup_27_layers=statistics.median(round_ratio_27),
         tokens_per_s_27_layers={name: patches / s for name, s in full.items()},
         max_rel_error=max(errors), load_avg_1min=os.getloadavg()[0],
     )
