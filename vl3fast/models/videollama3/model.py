@@ -108,11 +108,58 @@ class VideoLLaMA3ForCausalLM(nn.Module):
             embeds_BLE = embeds_BLE.masked_scatter(slots_BL[..., None], feats_ME)
         return embeds_BLE
 
+    def official_placeholders(self, input_ids, attention_mask, visual: dict):
+        """Prompts built the official way: one ``<image>`` id (config ``image_token_index``, 151665) for images
+        and video frames alike.  Those ids become ``image_token_id`` (images given) or ``video_token_id`` (videos
+        given).  With ``use_token_compression`` (official model-side pruning) and one placeholder per merged
+        token (the official processor inserts all of them), the placeholders whose DiffFP mask is False are
+        dropped from ``input_ids`` and ``attention_mask`` (rows re-left-padded, batches allowed) and the mask
+        is passed on as ``video_compression_mask``.  Returns (input_ids, attention_mask, visual); prompts
+        without the official id come back unchanged."""
+        official = self.config.legacy_image_token_index
+        if official is None or official in (self.config.image_token_id, self.config.video_token_id):
+            return input_ids, attention_mask, visual
+        slots_BL = input_ids == official
+        count = int(slots_BL.sum())
+        if count == 0:
+            return input_ids, attention_mask, visual
+        has_images, has_videos = visual.get("pixel_values") is not None, visual.get("pixel_values_videos") is not None
+        if has_images == has_videos:
+            raise ValueError(
+                f"the prompt uses the official <image> placeholder (id {official}) for {count} tokens, which stands for "
+                + ("images and video frames alike, so with both given their order is ambiguous: use image_token_id "
+                   f"{self.config.image_token_id} / video_token_id {self.config.video_token_id}" if has_images
+                   else "visual tokens, but no pixel_values or pixel_values_videos were given"))
+        native = self.config.image_token_id if has_images else self.config.video_token_id
+        if has_images or not self.config.use_token_compression:
+            return input_ids.masked_fill(slots_BL, native), attention_mask, visual
+        keep_M = visual.get("video_compression_mask")
+        if keep_M is None:
+            keep_M = video_keep_mask(visual["pixel_values_videos"], visual["video_grid_thw"],
+                                     visual["video_merge_sizes"])
+        keep_M = keep_M.reshape(-1).to(device=input_ids.device, dtype=torch.bool)
+        visual = {**visual, "video_compression_mask": keep_M}
+        if count != keep_M.numel():  # already pruned by the processor, or a mismatch that embed() reports
+            return input_ids.masked_fill(slots_BL, native), attention_mask, visual
+        keep_BL = torch.ones_like(slots_BL).masked_scatter(slots_BL, keep_M)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        rows = [(ids[k], mask[k]) for ids, mask, k in zip(input_ids.masked_fill(slots_BL, native), attention_mask,
+                                                          keep_BL)]
+        length = max(len(ids) for ids, _ in rows)
+        pad = self.language_model.generation_config.pad_token_id
+        new_ids = input_ids.new_full((len(rows), length), pad if isinstance(pad, int) else 0)
+        new_mask = attention_mask.new_zeros((len(rows), length))
+        for i, (ids, mask) in enumerate(rows):
+            new_ids[i, length - len(ids):], new_mask[i, length - len(ids):] = ids, mask
+        return new_ids, new_mask, visual
+
     # ---- LLM -----------------------------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, **kwargs):
         """transformers' CausalLMOutputWithPast of the LLM (``logits [B, L, V]``); extra keyword arguments
         other than the processor's visual keys go to Qwen2ForCausalLM (labels, position_ids, ...)."""
         visual = {k: kwargs.pop(k) for k in VISUAL_KEYS if k in kwargs}
+        input_ids, attention_mask, visual = self.official_placeholders(input_ids, attention_mask, visual)
         embeds_BLE = self.embed(input_ids, **visual)
         return self.language_model(inputs_embeds=embeds_BLE, attention_mask=attention_mask, **kwargs)
 
@@ -120,6 +167,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
         """Token ids ``[B, L + new]`` (prompt included, as transformers returns them), via GenerationMixin."""
         visual = {k: kwargs.pop(k) for k in VISUAL_KEYS if k in kwargs}
+        input_ids, attention_mask, visual = self.official_placeholders(input_ids, attention_mask, visual)
         embeds_BLE = self.embed(input_ids, **visual)
         return self.language_model.generate(input_ids=input_ids, inputs_embeds=embeds_BLE,
                                             attention_mask=attention_mask, **kwargs)
