@@ -260,6 +260,49 @@ def test_checkpoint_errors_name_the_problem(checkpoints, tmp_path):
         VideoLLaMA3ForCausalLM.from_pretrained("no-such-org/no-such-model-vl3fast")
 
 
+def test_more_bad_checkpoints_name_the_problem(checkpoints, tmp_path):
+    """The rest of issue 6's bad-input list: a file or a non-checkpoint directory, a config without a model type,
+    a conv patch embedding of another patch size, a sharded index whose shards are absent."""
+    _, dirs = checkpoints
+    src = dirs["native"]
+    with pytest.raises(ValueError, match="is a file, not a checkpoint directory"):
+        VideoLLaMA3ForCausalLM.from_pretrained(os.path.join(src, "config.json"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "config.json").write_text("not json {")
+    with pytest.raises(ValueError, match="config.json' is not valid JSON"):
+        VideoLLaMA3ForCausalLM.from_pretrained(str(tmp_path / "notes"))
+    bad = _rewrite(src, tmp_path / "notype", edit_config=lambda c: c.pop("model_type"))
+    with pytest.raises(ValueError, match="unknown model_type None"):
+        VideoLLaMA3ForCausalLM.from_pretrained(bad)
+    bad = _rewrite(src, tmp_path / "patch", edit_config=lambda c: c["vision_config"].update(patch_size=16))
+    with pytest.raises(ValueError, match=r"shape mismatches \(1\).*patch_embedding.weight: checkpoint "
+                                         r"\(\d+, 3, 14, 14\), config expects \(\d+, 768\)"):
+        VideoLLaMA3ForCausalLM.from_pretrained(bad)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_text(open(os.path.join(src, "config.json")).read())
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match="names shard files that are absent"):
+        VideoLLaMA3ForCausalLM.from_pretrained(str(sharded))
+
+
+def test_bad_visual_inputs_name_the_problem(loaded):
+    _, models = loaded
+    model = models["native"]
+    p = PROMPTS["image"]()
+    with pytest.raises(ValueError, match="must have 588 values per patch"):
+        model(**dict(p, pixel_values=p["pixel_values"][:, :500]))
+    video = PROMPTS["pruned_video"]()
+    for pruning in ("after", "before"):
+        model.pruning = pruning
+        try:
+            with pytest.raises(ValueError, match=r"video_compression_mask\) has 23 entries but the grid has 24"):
+                model(**dict(video, video_compression_mask=video["video_compression_mask"][1:]))
+        finally:
+            model.pruning = "after"
+
+
 def test_placeholder_count_mismatch_is_an_error(loaded):
     _, models = loaded
     model = models["native"]

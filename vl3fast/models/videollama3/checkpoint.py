@@ -38,7 +38,13 @@ def read_config(directory: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory!r} is not a checkpoint directory: it has no config.json")
     with open(path) as f:
-        return json.load(f)
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path!r} is not valid JSON ({err}); is {directory!r} a checkpoint?") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path!r} must hold a JSON object, got {type(config).__name__}")
+    return config
 
 
 def weight_files(directory: str) -> list[str]:
