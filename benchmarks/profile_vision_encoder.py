@@ -17,45 +17,52 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(__file__))
+from conftest import environment  # noqa: E402
 from test_vision_encoder import WORKLOADS, build_encoders  # noqa: E402
 
 CATEGORIES = {
     "matmul": ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"),
     "layernorm": ("aten::native_layer_norm", "aten::layer_norm"),
-    "gelu": ("aten::gelu",),
+    "gelu": ("aten::gelu", "aten::gelu_"),
     "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
                   "vl3fast::rope2d_attention"),
     "copies/casts": ("aten::copy_", "aten::_to_copy", "aten::contiguous", "aten::clone", "aten::cat",
                      "aten::to", "aten::empty_like"),
     "residual/bias adds": ("aten::add", "aten::add_"),
 }
-REGIONS = ("rope", "downsample", "positions")  # record_function labels that own everything beneath them
+REGIONS = ("rope", "downsample", "patch_embed")  # record_function labels that own everything beneath them
 
 
 @contextmanager
-def label_transformers_regions():
-    """Wraps transformers' RoPE application and downsample in record_function labels (restored after)."""
+def label_regions(ours):
+    """record_function labels (restored after): transformers' RoPE application, patch embedding (Conv2d) and
+    downsample; vl3fast's patch-embedding GEMM (its RoPE is inside the attention op, its downsample is
+    counted by op)."""
     import transformers.models.video_llama_3.modeling_video_llama_3 as m
 
-    saved = {name: getattr(m, name) for name in ("apply_rotary_pos_emb_vision",)}
-    saved_unshuffle = m.VideoLlama3VisionModel.pixel_unshuffle
+    from vl3fast.models.videollama3 import vision
 
+    saved = (m.apply_rotary_pos_emb_vision, m.VideoLlama3VisionModel.pixel_unshuffle,
+             m.VideoLlama3VisionEmbeddings.forward, vision.linear)
 
-    def rope(*a, **k):
-        with record_function("rope"):
-            return saved["apply_rotary_pos_emb_vision"](*a, **k)
+    def labelled(name, fn):
+        def wrapper(*a, **k):
+            with record_function(name):
+                return fn(*a, **k)
+        return wrapper
 
-    def unshuffle(self, *a, **k):
-        with record_function("downsample"):
-            return saved_unshuffle(self, *a, **k)
+    def linear(x, layer):
+        return labelled("patch_embed", saved[3])(x, layer) if layer is ours.patch_embed else saved[3](x, layer)
 
-    m.apply_rotary_pos_emb_vision = rope
-    m.VideoLlama3VisionModel.pixel_unshuffle = unshuffle
+    m.apply_rotary_pos_emb_vision = labelled("rope", saved[0])
+    m.VideoLlama3VisionModel.pixel_unshuffle = labelled("downsample", saved[1])
+    m.VideoLlama3VisionEmbeddings.forward = labelled("patch_embed", saved[2])
+    vision.linear = linear
     try:
         yield
     finally:
-        m.apply_rotary_pos_emb_vision = saved["apply_rotary_pos_emb_vision"]
-        m.VideoLlama3VisionModel.pixel_unshuffle = saved_unshuffle
+        (m.apply_rotary_pos_emb_vision, m.VideoLlama3VisionModel.pixel_unshuffle,
+         m.VideoLlama3VisionEmbeddings.forward, vision.linear) = saved
 
 
 def categorize(prof) -> dict[str, float]:
@@ -91,7 +98,7 @@ def main() -> None:
     grid_list, merge_list = WORKLOADS[args.workload]
     grid, merge = torch.tensor(grid_list), torch.tensor(merge_list)
     patches = int(grid.prod(1).sum())
-    results = {}
+    results = {"environment": environment()}
     for dname in args.dtypes.split(","):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dname]
         pixels = (torch.rand(patches, 588, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(dtype)
@@ -100,7 +107,7 @@ def main() -> None:
             "vl3fast": lambda: ours.to(dtype)(pixels, grid, merge, backend="vl3fast"),
         }
         for impl, run in runs.items():
-            with torch.inference_mode(), label_transformers_regions():
+            with torch.inference_mode(), label_regions(ours):
                 run()  # warm-up
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
                     with record_function("forward"):
