@@ -197,15 +197,15 @@ class VideoLLaMA3Processor:
         return out if return_dict else out["input_ids"]
 
     # ---- processing ------------------------------------------------------------------------------------------------
-    def _settings(self, settings: dict) -> ProcessingConfig:
-        """Per-call overrides on the processor's config; `fps` and `num_frames` replace each other, as a
-        call to transformers' processor passes one of them."""
+    def _settings(self, settings: dict, base: ProcessingConfig | None = None) -> ProcessingConfig:
+        """Per-call overrides on `base` (default: the processor's config); `fps` and `num_frames` replace
+        each other, as a call to transformers' processor passes one of them."""
         settings = dict(settings)
         if settings.get("num_frames") is not None and "fps" not in settings:
             settings["fps"] = None
         if settings.get("fps") is not None and "num_frames" not in settings:
             settings["num_frames"] = None
-        return resolve_config(self.config, settings)
+        return resolve_config(self.config if base is None else base, settings)
 
     def _prepare_videos(self, videos, video_metadata, config: ProcessingConfig, do_sample_frames: bool) -> tuple:
         """Videos as `preprocess_videos` takes them, and per video a callable giving its frame labels
@@ -334,6 +334,48 @@ class VideoLLaMA3Processor:
             if got != want:
                 raise ValueError(f"the tokenized text has {got} {token} tokens but the media need {want}; "
                                  "truncation (max_length) cut placeholders, or the text contains extra ones")
+
+    # ---- token counts without decoding pixels ---------------------------------------------------------------------
+    def estimate_tokens(self, text=None, images=None, videos=None, *, config: ProcessingConfig | None = None,
+                        max_visual_tokens: int | None = None, max_total_tokens: int | None = None,
+                        timeout: float | None = DEFAULT_TIMEOUT_S, **settings):
+        """`vl3fast.processing.estimate_tokens` plus the text: the `TokenEstimate` of the media (headers
+        only) with `text_tokens` set, so `total_tokens` is the `input_ids` length `__call__` gives for the
+        same text and media with every visual token kept (use_token_compression=False); with compression
+        the real length is `total_tokens` minus the pruned tokens.
+
+        text: a prompt (or list) with one placeholder per item; default: the chat-template prompt of one
+        user turn holding the media, with the generation prompt. Raises TokenBudgetError past a budget.
+        Frame arrays are labelled as `__call__` labels them without `video_metadata` (fps 1)."""
+        import dataclasses
+
+        from .errors import TokenBudgetError
+        from .tokens import estimate_tokens
+
+        config = self._settings(settings, config)
+        est = estimate_tokens(images=images, videos=videos, config=config, max_visual_tokens=max_visual_tokens,
+                              timeout=timeout)
+        image_reps, video_reps = [], []
+        for it in est.items:
+            if it.kind == "image":
+                image_reps.append(self.image_token * it.tokens)
+                continue
+            if it.frame_indices is not None and it.video_fps:
+                labels = sampled_stamps(it.frame_indices, it.video_fps)
+            else:
+                labels = given_stamps(range(it.num_frames), 1)
+            video_reps.append(",".join(f"Time {s}s:" + self.video_token * it.tokens_per_frame for s in labels))
+        if text is None:
+            blocks = [{"type": it.kind} for it in est.items] + [{"type": "text", "text": ""}]
+            text = self.apply_chat_template([{"role": "user", "content": blocks}], add_generation_prompt=True)
+        texts = [text] if isinstance(text, str) else list(text)
+        ids = self.tokenizer(self.expand_placeholders(texts, image_reps, video_reps))["input_ids"]
+        est = dataclasses.replace(est, text_tokens=sum(len(row) for row in ids) - est.visual_tokens)
+        if max_total_tokens is not None and est.total_tokens > max_total_tokens:
+            raise TokenBudgetError(f"{est.total_tokens} tokens exceed max_total_tokens={max_total_tokens}:\n"
+                                   f"{est.summary()}\nLower fps or max_frames, lower the pixel limits, shorten the "
+                                   "prompt, or raise the budget.")
+        return est
 
     # ---- decoding --------------------------------------------------------------------------------------------------
     def batch_decode(self, *args, **kwargs):
