@@ -54,7 +54,9 @@ def normalize_patchify(frames: torch.Tensor, merge_size: int, config: Processing
         raise ValueError(f"frame size {h}x{w} is not a multiple of patch_size*merge_size={p * m}")
     gh, gw = h // p, w // p
     blocks = frames.reshape(t, c, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
-    patches = blocks.reshape(t * gh * gw, c, p * p).to(torch.float32)  # the one copy, as uint8 -> float
+    # the one copy, as uint8 -> float; contiguous even when the reshape above is a strided view (e.g. one
+    # merge block per row), which `.to` alone would preserve and `.view` below would reject
+    patches = blocks.reshape(t * gh * gw, c, p * p).to(torch.float32, memory_format=torch.contiguous_format)
     mean = (torch.tensor(config.image_mean) * (1.0 / config.rescale_factor)).view(1, c, 1)
     std = (torch.tensor(config.image_std) * (1.0 / config.rescale_factor)).view(1, c, 1)
     patches.sub_(mean).div_(std)
