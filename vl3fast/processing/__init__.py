@@ -28,7 +28,8 @@ from .tokens import ItemEstimate, TokenEstimate, estimate_tokens
 from .video import Video, VideoInfo, load_video, probe_video, sample_frame_indices
 
 __all__ = [
-    "ProcessingConfig", "VideoLLaMA3Processor", "ProcessorFiles", "read_processor_files", "load_image", "load_video", "probe_video", "sample_frame_indices", "Video", "VideoInfo",
+    "ProcessingConfig", "VideoLLaMA3Processor", "ProcessorFiles", "read_processor_files",
+    "load_image", "load_video", "probe_video", "sample_frame_indices", "Video", "VideoInfo",
     "preprocess_images", "preprocess_videos", "VisualInputs", "normalize_patchify", "estimate_tokens",
     "TokenEstimate", "ItemEstimate", "smart_resize", "official_resize", "plan_sizes", "ItemShape", "ItemPlan",
     "resize_frames", "MediaError", "MediaNotFoundError", "NotMediaError", "CorruptMediaError", "EmptyVideoError",

@@ -6,8 +6,10 @@
 
 Output keys (only those of the modalities given), shapes as transformers produces them:
     input_ids, attention_mask       int64 [B, L]
-    pixel_values                    float32 [P_img, 3*14*14];  image_grid_thw int64 [N_img, 3];  image_merge_sizes int64 [N_img]
-    pixel_values_videos             float32 [P_vid, 3*14*14];  video_grid_thw int64 [N_vid, 3];  video_merge_sizes int64 [N_vid]
+    pixel_values                    float32 [P_img, 3*14*14]
+    image_grid_thw, image_merge_sizes            int64 [N_img, 3], [N_img]
+    pixel_values_videos             float32 [P_vid, 3*14*14]
+    video_grid_thw, video_merge_sizes            int64 [N_vid, 3], [N_vid]
     video_compression_mask          bool [M_vid]  (DiffFP keep mask over every merged video token)
 
 Pixels come from `preprocess_images` / `preprocess_videos` (PyAV decoding with seeking, torchvision resize,
@@ -214,7 +216,8 @@ class VideoLLaMA3Processor:
         if video_metadata is not None:
             metadata = video_metadata if isinstance(video_metadata, (list, tuple)) else [video_metadata]
             if len(metadata) != len(items):
-                raise ValueError(f"got {len(items)} videos but {len(metadata)} video_metadata entries; pass one per video")
+                raise ValueError(f"got {len(items)} videos but {len(metadata)} video_metadata entries; "
+                                 "pass one per video")
         else:
             metadata = [None] * len(items)
         prepared, labelers = [], []
@@ -284,8 +287,8 @@ class VideoLLaMA3Processor:
             raise ValueError("give at least one of text, images or videos")
         tok_kwargs = {k: kwargs.pop(k) for k in TOKENIZER_KWARGS if k in kwargs}
         config = self._settings(kwargs)
-        sample = self.do_sample_frames if do_sample_frames is None else do_sample_frames
-        sample = bool(sample) or (do_sample_frames is None and ("fps" in kwargs or "num_frames" in kwargs))
+        # arrays are sampled only on request, as in transformers' __call__ (files are always sampled)
+        sample = bool(self.do_sample_frames if do_sample_frames is None else do_sample_frames)
         compress = self.use_token_compression if use_token_compression is None else use_token_compression
 
         data: dict[str, Any] = {}
