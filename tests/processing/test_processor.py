@@ -11,7 +11,7 @@ from vl3fast import VideoLLaMA3Processor
 from vl3fast.processing import TokenBudgetError, read_processor_files
 
 from ._media import hf_load_video, write_video
-from ._tokenizer import save_hf_processor
+from ._tokenizer import save_hf_processor, tiny_tokenizer
 
 # small pixel limits keep the tensors small; max_frames=12 so the 400-frame fixture is capped
 IMAGE_SIZE = {"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 24}
@@ -217,3 +217,25 @@ def test_errors(procs, ckpt, tmp_path):
     (tmp_path / "processor_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_processor_files(tmp_path)
+
+
+def test_from_pretrained_legacy_layout_and_defaults(ckpt, procs, tmp_path):
+    """transformers 4.x files (preprocessor_config.json + video_preprocessor_config.json) give the same
+    settings; a directory with only a tokenizer gets transformers' defaults and the built-in template."""
+    _, ours = procs
+    nested = json.loads(open(f"{ckpt}/processor_config.json").read())
+    legacy = tmp_path / "legacy"
+    ours.tokenizer.save_pretrained(str(legacy))
+    (legacy / "preprocessor_config.json").write_text(json.dumps(nested["image_processor"]))
+    (legacy / "video_preprocessor_config.json").write_text(json.dumps(nested["video_processor"]))
+    assert VideoLLaMA3Processor.from_pretrained(str(legacy)).config == ours.config
+
+    bare = tmp_path / "bare"
+    tiny_tokenizer().save_pretrained(str(bare))  # (ours.tokenizer carries the checkpoint's chat template)
+    proc = VideoLLaMA3Processor.from_pretrained(str(bare))
+    assert proc.config == type(ours.config)()
+    text = proc.apply_chat_template(user({"type": "video"}, text="Hi"), add_generation_prompt=True,
+                                    add_system_prompt=True)
+    assert text == ("<|im_start|>system\nYou are VideoLLaMA3 created by Alibaba DAMO Academy, a helpful assistant to "
+                    "help people understand images and videos.<|im_end|>\n<|im_start|>user\n<|video_pad|>\nHi"
+                    "<|im_end|>\n<|im_start|>assistant\n")
