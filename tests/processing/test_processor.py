@@ -206,6 +206,11 @@ def test_errors(procs, ckpt, tmp_path):
         ours(text="hi", return_tensors="np")
     with pytest.raises(ValueError, match="video_metadata"):
         ours(text="<|video_pad|>", videos=[np.zeros((4, 28, 28, 3), np.uint8)], video_metadata=[{}, {}])
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    with pytest.raises(ValueError, match="has no '<\\|image_pad\\|>' token"):
+        VideoLLaMA3Processor(PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE())))
     with pytest.raises(FileNotFoundError, match="not a directory"):
         VideoLLaMA3Processor.from_pretrained(str(tmp_path / "missing"))
     # a setting vl3fast cannot reproduce is refused by name
