@@ -24,6 +24,25 @@ namespace {
 using namespace attn_tc;
 using namespace tc;
 
+// acc[NT][4] += A (16 x 16, fragments `a`) x B (16 x 8 NT), B read from shared memory stored k-major
+// ([16 rows of k][n], row stride `ld`) with ldmatrix.trans: x4 per pair of n-tiles, x2 for an odd last one.
+template <typename T, int NT>
+__device__ __forceinline__ void mma_rows_times_tile(float (&acc)[NT][4], const uint32_t (&a)[4], const T* b_s, int ld,
+                                                    int lane) {
+#pragma unroll
+  for (int np = 0; np < NT / 2; ++np) {
+    uint32_t b[4];
+    ldsm_x4_t(b, b_s + ldsm_bk_row(lane) * ld + np * 16 + ldsm_bk_col(lane));
+    mma<T>(acc[2 * np], a, b[0], b[1]);
+    mma<T>(acc[2 * np + 1], a, b[2], b[3]);
+  }
+  if constexpr (NT % 2 == 1) {
+    uint32_t b[2];
+    ldsm_x2_t(b, b_s + ldsm_bk_row(lane % 16) * ld + (NT - 1) * 8);
+    mma<T>(acc[NT - 1], a, b[0], b[1]);
+  }
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a) {
   constexpr int DQ = qk_dim(D);
@@ -142,37 +161,25 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
         dpt[j][i] = pt * (dpt[j][i] - delta_s[qc]);
       }
 
-    // dV += P^T dO and dK += dS^T Q (k = queries; accumulator layout reused as the A operand).
+    // dV += P^T dO, then dK += dS^T Q (k = queries; accumulator layout reused as the A operand).  Two
+    // separate passes keep fewer fragments live (the D = 128 instantiation is at the register limit).
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; ++kk) {
       const uint32_t pa[4] = {pack2<T>(st[2 * kk][0], st[2 * kk][1]), pack2<T>(st[2 * kk][2], st[2 * kk][3]),
                               pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]),
                               pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+      mma_rows_times_tile<T, NTD>(dv, pa, do_s + kk * 16 * SQ, SQ, lane);
+    }
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
       const uint32_t da[4] = {pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]), pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]),
                               pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
                               pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
-#pragma unroll
-      for (int np = 0; np < NTD / 2; ++np) {
-        uint32_t b[4];
-        ldsm_x4_t(b, do_s + (kk * 16 + ldsm_bk_row(lane)) * SQ + np * 16 + ldsm_bk_col(lane));
-        mma<T>(dv[2 * np], pa, b[0], b[1]);
-        mma<T>(dv[2 * np + 1], pa, b[2], b[3]);
-        ldsm_x4_t(b, q_s + (kk * 16 + ldsm_bk_row(lane)) * SQ + np * 16 + ldsm_bk_col(lane));
-        mma<T>(dk[2 * np], da, b[0], b[1]);
-        mma<T>(dk[2 * np + 1], da, b[2], b[3]);
-      }
-      if constexpr (NTD % 2 == 1) {
-        uint32_t b[2];
-        ldsm_x2_t(b, do_s + (kk * 16 + ldsm_bk_row(lane % 16)) * SQ + (NTD - 1) * 8);
-        mma<T>(dv[NTD - 1], pa, b[0], b[1]);
-        ldsm_x2_t(b, q_s + (kk * 16 + ldsm_bk_row(lane % 16)) * SQ + (NTD - 1) * 8);
-        mma<T>(dk[NTD - 1], da, b[0], b[1]);
-      }
+      mma_rows_times_tile<T, NTD>(dk, da, q_s + kk * 16 * SQ, SQ, lane);
       // dS^T to shared memory (rows = keys, cols = queries), for dQ.
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int j = 2 * kk + half;
-        const int col = j * 8 + frag_c_col(lane, 0);
+        const int col = (2 * kk + half) * 8 + frag_c_col(lane, 0);
         *reinterpret_cast<uint32_t*>(ds_s + (warp * 16 + frag_c_row(lane, 0)) * SS + col) = half ? da[2] : da[0];
         *reinterpret_cast<uint32_t*>(ds_s + (warp * 16 + frag_c_row(lane, 2)) * SS + col) = half ? da[3] : da[1];
       }
@@ -189,18 +196,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
         uint32_t aa[4];
         ldsm_x4_t(aa, ds_s + (kk * 16 + ldsm_ak_row(lane)) * SS + mt * 16 + ldsm_ak_col(lane));
-#pragma unroll
-        for (int np = 0; np < NTG / 2; ++np) {
-          uint32_t b[4];
-          ldsm_x4_t(b, k_s + (kk * 16 + ldsm_bk_row(lane)) * SQ + (grp * NTG + 2 * np) * 8 + ldsm_bk_col(lane));
-          mma<T>(dq[2 * np], aa, b[0], b[1]);
-          mma<T>(dq[2 * np + 1], aa, b[2], b[3]);
-        }
-        if constexpr (NTG % 2 == 1) {
-          uint32_t b[2];
-          ldsm_x2_t(b, k_s + (kk * 16 + ldsm_bk_row(lane % 16)) * SQ + (grp * NTG + NTG - 1) * 8);
-          mma<T>(dq[NTG - 1], aa, b[0], b[1]);
-        }
+        mma_rows_times_tile<T, NTG>(dq, aa, k_s + kk * 16 * SQ + grp * NTG * 8, SQ, lane);
       }
       float* dq_g = a.dq_accum + (h * num_tokens + it.seg_begin + q0) * D;
 #pragma unroll

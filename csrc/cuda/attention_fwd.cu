@@ -42,9 +42,12 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnDevArgs a)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* q_s = reinterpret_cast<T*>(smem_raw);
-  T* k_s = q_s + kBlockM * SQ;       // 2 buffers of kBlockN x SQ
-  T* v_s = k_s + 2 * kBlockN * SQ;   // 2 buffers of kBlockN x SV
+  T* k_s = reinterpret_cast<T*>(smem_raw);  // 2 buffers of kBlockN x SQ
+  T* v_s = k_s + 2 * kBlockN * SQ;           // 2 buffers of kBlockN x SV
+  // The Q tile lives in K buffer 1 until its fragments are in registers (kBlockM == kBlockN): at head dim
+  // 128 this keeps shared memory at 68 KiB, two CTAs per SM on sm80.
+  static_assert(kBlockM == kBlockN, "Q tile aliases one K buffer");
+  T* q_s = k_s + kBlockN * SQ;
 
   const T* k_rot = static_cast<const T*>(a.k_rot) + (h * num_tokens + it.seg_begin) * DQ;
   const T* v_g = static_cast<const T*>(p.v) + it.seg_begin * p.v_stride_token + h * p.v_stride_head;
@@ -103,6 +106,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnDevArgs a)
 #pragma unroll
   for (int kk = 0; kk < KS; ++kk)
     ldsm_x4(qf[kk], q_s + (warp * 16 + ldsm_a_row(lane)) * SQ + kk * 16 + ldsm_a_col(lane));
+  __syncthreads();  // K buffer 1 (holding Q) is refilled by the first iteration
 
   float o[NTD][4];
 #pragma unroll

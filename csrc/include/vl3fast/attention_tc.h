@@ -196,7 +196,7 @@ VL3FAST_HD Workspace workspace_layout(int64_t num_tokens, int64_t num_segments, 
 // Dynamic shared memory of the two main kernels (bytes); the launchers opt in above 48 KiB.
 VL3FAST_HD int fwd_smem_bytes(int head_dim) {
   const int sq = row_stride(qk_dim(head_dim)), sv = row_stride(head_dim);
-  return 2 * (kBlockM * sq + 2 * kBlockN * sq + 2 * kBlockN * sv);
+  return 2 * (2 * kBlockN * sq + 2 * kBlockN * sv);  // the Q tile aliases K buffer 1
 }
 VL3FAST_HD int bwd_smem_bytes(int head_dim) {
   const int sq = row_stride(qk_dim(head_dim)), bq = bwd_block_q(head_dim);
