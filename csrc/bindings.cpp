@@ -128,12 +128,14 @@ int64_t rope2d_attention_workspace_bytes(int64_t num_tokens, int64_t num_segment
       .total;
 }
 
+#ifdef VL3FAST_WITH_CUDA
 // The CUDA path reads v and dout with 16-byte vector copies.
 void expect_vector_aligned(const TensorRef& t, const char* name) {
   expect(reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.strides[0] % 8 == 0 && t.strides[1] % 8 == 0,
          std::string("rope2d_attention (CUDA): ") + name +
              " must be 16-byte aligned with token and head strides multiples of 8 elements");
 }
+#endif
 
 // The supported CUDA matrix (vl3fast/attention_tc.h), for the ops' validation and the tests' parametrization.
 py::dict attention_cuda_configs() {
