@@ -260,6 +260,11 @@ def test_rope2d_attention_gpu(bench, workload, mode, impl):
     q, k, v = (t.detach().cuda().requires_grad_(mode == "fwd_bwd") for t in (q, k, v))
     cu_seqlens, pos_hw, grad = cu_seqlens.cuda(), pos_hw.cuda(), grad.cuda()
     run = _runner(fn, q, k, v, cu_seqlens, pos_hw, grad, mode)
+    if impl in ("flash_attn", "torch_varlen"):
+        try:  # an installed baseline whose API differs in this version is skipped, saying why
+            run()
+        except (TypeError, RuntimeError, ValueError) as exc:
+            pytest.skip(f"{impl} baseline failed to run here: {exc.__class__.__name__}: {exc}")
 
     def run_synced():
         run()
