@@ -27,8 +27,10 @@
 //   into a [T, D/2] float2 table and writes rotated k in the layout the kernel wants: head-major
 //   [H, T, D_qk], pad channels zero, 16-byte aligned rows, so K tiles are plain cp.async copies.  Chosen
 //   over rotating K inside the kernel because a K tile is read by every query block of its segment
-//   (ceil(L/64) times): in-kernel rotation repeats the cos/sin work that often, while the pre-pass reads
-//   and writes k once (2 x T x H x D x 2 bytes, ~1% of the kernel's time at L = 729).  q is rotated in the
+//   (ceil(L/64) times) and in-kernel rotation repeats the work that often, in the CTA's critical path.
+//   The pre-pass is not free: it moves T x H x (2 D + 2 D_qk) bytes plus the table, which by a bandwidth
+//   estimate (not measured) is ~15-20% of the forward's time at L = 729 (one 27x27 frame) on an H100 and
+//   less for longer segments.  Which one is faster is for the GPU session to measure.  q is rotated in the
 //   forward kernel when its tile is loaded (each q tile is loaded exactly once).  The backward reads each
 //   q tile once per key block, so its pre-pass writes rotated q too.  Measuring the in-kernel K variant
 //   is left to the GPU session.
