@@ -157,3 +157,132 @@ def test_rope2d_attention(bench, workload, dtype, mode, impl):
         bench.extra_info["speedup_vs_dense_mask"] = dense / median if dense else None
         matmul = _MEDIANS.get(("matmul", dtype))
         bench.extra_info["matmul_gflops_same_run"] = matmul
+
+
+# ============================================================================ GPU (marked cuda)
+# vl3fast's tensor-core kernel against, on the same CUDA tensors in the same run (bf16, head dim 72):
+# - `transformers`: fp32 rotate_half RoPE + host sync + one SDPA call per segment (vl3fast.reference);
+# - `flash_attn`: the same fp32 RoPE, then flash_attn_varlen_func with max_seqlen from `.item()` (the
+#   transformers FA2 path; runs head dim 72 on its 96-wide kernel) -- skipped, saying so, when not installed;
+# - `torch_varlen`: the same RoPE, then torch.nn.attention.varlen.varlen_attn (in-tree FA2) when present.
+# Timing: CUDA events around each call after warm-up, median of GPU_REPS; TFLOP/s count useful work only
+# (4 * sum L^2 * H * 72 forward, 2.5x that for the backward alone, so fwd+bwd = 3.5x), never a padded 96.
+# The whole GPU section runs in well under a minute on an H100 (benchmarks/gpu/validate.sh budget: 150 s).
+GPU_REPS, GPU_WARMUP = 20, 3
+H100_DENSE_BF16_TFLOPS = 989.4  # spec/anchors.md §7 (SXM5); the %-of-peak figure is only meaningful on that card
+
+
+def _gpu_available() -> tuple[bool, str]:
+    import vl3fast
+
+    ok, reason = vl3fast.cuda_status()
+    if ok and not torch.cuda.is_available():
+        return False, "torch sees no CUDA device"
+    return ok, reason
+
+
+def _rope_then(attn):
+    """Users' path today: fp32 rotate_half RoPE on q and k, then `attn(q, k, v, cu_seqlens)`."""
+    from vl3fast.reference.rope import apply_rope2d
+
+    def run(q, k, v, cu_seqlens, pos_hw):
+        return attn(apply_rope2d(q, pos_hw), apply_rope2d(k, pos_hw), v, cu_seqlens)
+
+    return run
+
+
+def _flash_attn_impl():
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError as exc:
+        return None, f"flash-attn not importable ({exc.__class__.__name__}: {exc})"
+
+    def attn(q, k, v, cu):
+        max_seqlen = int((cu[1:] - cu[:-1]).max().item())  # the per-layer host sync of the transformers path
+        return flash_attn_varlen_func(q, k, v, cu, cu, max_seqlen, max_seqlen)
+
+    return _rope_then(attn), None
+
+
+def _torch_varlen_impl():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError as exc:
+        return None, f"torch.nn.attention.varlen not present in torch {torch.__version__} ({exc})"
+
+    def attn(q, k, v, cu):
+        max_seqlen = int((cu[1:] - cu[:-1]).max().item())
+        return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen)
+
+    return _rope_then(attn), None
+
+
+def _gpu_impl(name):
+    if name == "vl3fast":
+        return rope2d_attention, None
+    if name == "transformers":
+        return transformers_path, None
+    if name == "flash_attn":
+        return _flash_attn_impl()
+    return _torch_varlen_impl()
+
+
+def _cuda_event_median_s(run, reps=GPU_REPS, warmup=GPU_WARMUP) -> float:
+    for _ in range(warmup):
+        run()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+_GPU_MEDIANS: dict[tuple, float] = {}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl", ["transformers", "flash_attn", "torch_varlen", "vl3fast"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+def test_rope2d_attention_gpu(bench, workload, mode, impl):
+    ok, reason = _gpu_available()
+    if not ok:
+        pytest.skip(f"no usable CUDA device: {reason}")
+    fn, why_not = _gpu_impl(impl)
+    if fn is None:
+        pytest.skip(why_not)
+    q, k, v, cu_seqlens, pos_hw, grad = _inputs(workload, torch.bfloat16, requires_grad=(mode == "fwd_bwd"))
+    q, k, v = (t.detach().cuda().requires_grad_(mode == "fwd_bwd") for t in (q, k, v))
+    cu_seqlens, pos_hw, grad = cu_seqlens.cuda(), pos_hw.cuda(), grad.cuda()
+    run = _runner(fn, q, k, v, cu_seqlens, pos_hw, grad, mode)
+    if impl in ("flash_attn", "torch_varlen"):
+        try:  # an installed baseline whose API differs in this version is skipped, saying why
+            run()
+        except (TypeError, RuntimeError, ValueError) as exc:
+            pytest.skip(f"{impl} baseline failed to run here: {exc.__class__.__name__}: {exc}")
+
+    def run_synced():
+        run()
+        torch.cuda.synchronize()
+
+    median = _cuda_event_median_s(run)
+    bench.pedantic(run_synced, rounds=5, iterations=1, warmup_rounds=1)
+    flops = _attention_flops(cu_seqlens, mode)
+    _GPU_MEDIANS[(workload, mode, impl)] = median
+    info = dict(
+        workload=workload, dtype="bfloat16", mode=mode, impl=impl, tokens=q.shape[0],
+        segments=cu_seqlens.numel() - 1, heads=HEADS, head_dim=HEAD_DIM, timer="cuda_events",
+        median_ms=median * 1e3, tokens_per_s=q.shape[0] / median, useful_tflops=flops / median / 1e12,
+    )
+    if impl == "vl3fast":
+        for base in ("transformers", "flash_attn", "torch_varlen"):
+            other = _GPU_MEDIANS.get((workload, mode, base))
+            info[f"speedup_vs_{base}"] = other / median if other else None
+        if "H100" in torch.cuda.get_device_name():
+            info["fraction_of_h100_dense_bf16_peak"] = flops / median / 1e12 / H100_DENSE_BF16_TFLOPS
+    bench.extra_info.update(info)

@@ -12,6 +12,7 @@
 #include "cpu/attention_tiles.h"
 #include "cpu/isa.h"
 #include "cpu/positions.h"
+#include "vl3fast/attention_tc.h"
 #include "vl3fast/params.h"
 #include "vl3fast/positions.h"
 #include "vl3fast/pruning.h"
@@ -118,16 +119,109 @@ void expect_thd(const TensorRef& t, const TensorRef& q, const char* name) {
 
 int attention_threads() { return omp_get_max_threads(); }
 
-// Bytes of workspace the CPU kernel needs (the caller allocates it; kernels never allocate).
+// Bytes of workspace the kernel for `device_index` needs (the caller allocates it; kernels never allocate):
+// the CPU layout (cpu/attention_tiles.h) for -1, the CUDA layout (vl3fast/attention_tc.h) otherwise.
 int64_t rope2d_attention_workspace_bytes(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim,
-                                         bool backward) {
+                                         bool backward, int device_index) {
+  if (device_index >= 0) return attn_tc::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward).total;
   return cpu::attention_workspace_layout(num_tokens, num_segments, num_heads, head_dim, attention_threads(), backward)
       .total;
 }
 
+#ifdef VL3FAST_WITH_CUDA
+// The CUDA path reads v and dout with 16-byte vector copies.
+void expect_vector_aligned(const TensorRef& t, const char* name) {
+  expect(reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.strides[0] % 8 == 0 && t.strides[1] % 8 == 0,
+         std::string("rope2d_attention (CUDA): ") + name +
+             " must be 16-byte aligned with token and head strides multiples of 8 elements");
+}
+#endif
+
+// The supported CUDA matrix (vl3fast/attention_tc.h), for the ops' validation and the tests' parametrization.
+py::dict attention_cuda_configs() {
+  py::list dtypes, dims;
+#define VL3FAST_DT_CODE(CODE, TYPE) dtypes.append(static_cast<int>(CODE));
+  VL3FAST_ATTN_TC_DTYPES(VL3FAST_DT_CODE)
+#undef VL3FAST_DT_CODE
+#define VL3FAST_HD_ITEM(DIM) dims.append(DIM);
+  VL3FAST_ATTN_TC_HEAD_DIMS(VL3FAST_HD_ITEM)
+#undef VL3FAST_HD_ITEM
+  py::dict d;
+  d["dtypes"] = dtypes;
+  d["head_dims"] = dims;
+  return d;
+}
+
+// ---- test-only views of the CUDA index helpers (run on the CPU; tests/ops/test_attention_cuda_helpers.py) --
+
+// The block table the device scan builds (same per-segment helper, summed serially) and the decoded work
+// item of every index of the upper-bound grid (plus two past it).
+py::dict attn_tc_plan(const std::vector<int32_t>& cu_seqlens, int64_t num_tokens, int block, int64_t max_seqlen) {
+  expect(!cu_seqlens.empty(), "cu_seqlens: expected [S + 1]");
+  expect(block > 0, "block must be positive");
+  const int64_t S = static_cast<int64_t>(cu_seqlens.size()) - 1;
+  std::vector<int32_t> start(S + 1, 0);
+  for (int64_t s = 0; s < S; ++s)
+    start[s + 1] = start[s] + static_cast<int32_t>(attn_tc::segment_blocks(cu_seqlens.data(), s, num_tokens, block));
+  const int64_t bound = attn_tc::work_items_upper_bound(num_tokens, S, block, max_seqlen);
+  py::list items;
+  for (int64_t w = 0; w < bound + 2; ++w) {
+    const attn_tc::WorkItem it = attn_tc::decode_work_item(start.data(), cu_seqlens.data(), S, num_tokens, block, w);
+    items.append(py::make_tuple(it.segment, it.block, it.row_begin, it.rows, it.seg_begin, it.seg_length));
+  }
+  py::dict d;
+  d["upper_bound"] = bound;
+  d["block_start"] = start;
+  d["items"] = items;
+  return d;
+}
+
+py::dict attn_tc_layout(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim, bool backward) {
+  const attn_tc::Workspace w = attn_tc::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward);
+  py::dict d;
+  d["block_start"] = w.block_start;
+  d["cos_sin"] = w.cos_sin;
+  d["k_rot"] = w.k_rot;
+  d["q_rot"] = w.q_rot;
+  d["delta"] = w.delta;
+  d["dq_accum"] = w.dq_accum;
+  d["total"] = w.total;
+  d["qk_dim"] = attn_tc::qk_dim(head_dim);
+  d["row_stride_qk"] = attn_tc::row_stride(attn_tc::qk_dim(head_dim));
+  d["row_stride_v"] = attn_tc::row_stride(head_dim);
+  d["bwd_block_q"] = attn_tc::bwd_block_q(head_dim);
+  d["fwd_smem"] = attn_tc::fwd_smem_bytes(head_dim);
+  d["bwd_smem"] = attn_tc::bwd_smem_bytes(head_dim);
+  d["block_m"] = attn_tc::kBlockM;
+  d["block_n"] = attn_tc::kBlockN;
+  return d;
+}
+
+// Per lane: the fragment coordinates the kernels use (accumulator elements and ldmatrix row addresses).
+py::dict attn_tc_fragments() {
+  py::list c_rc, a, bn, bk, ak;
+  for (int lane = 0; lane < 32; ++lane) {
+    py::list e;
+    for (int i = 0; i < 4; ++i) e.append(py::make_tuple(attn_tc::frag_c_row(lane, i), attn_tc::frag_c_col(lane, i)));
+    c_rc.append(e);
+    a.append(py::make_tuple(attn_tc::ldsm_a_row(lane), attn_tc::ldsm_a_col(lane)));
+    bn.append(py::make_tuple(attn_tc::ldsm_bn_row(lane), attn_tc::ldsm_bn_col(lane)));
+    bk.append(py::make_tuple(attn_tc::ldsm_bk_row(lane), attn_tc::ldsm_bk_col(lane)));
+    ak.append(py::make_tuple(attn_tc::ldsm_ak_row(lane), attn_tc::ldsm_ak_col(lane)));
+  }
+  py::dict d;
+  d["c"] = c_rc;
+  d["a"] = a;
+  d["b_nmajor"] = bn;
+  d["b_kmajor"] = bk;
+  d["a_kmajor"] = ak;
+  return d;
+}
+
 AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
                                  const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
-                                 const TensorRef& lse, const TensorRef& workspace, double scale, bool backward) {
+                                 const TensorRef& lse, const TensorRef& workspace, double scale, bool backward,
+                                 int device) {
   expect(q.ndim == 3, "rope2d_attention: q must be [T, H, D]");
   expect(q.strides[2] == 1, "rope2d_attention: the last dim of q must be contiguous");
   expect_thd(k, q, "k");
@@ -173,8 +267,8 @@ AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const T
   p.workspace = workspace.data;
   p.workspace_bytes = workspace.sizes[0];
   p.num_threads = attention_threads();
-  const int64_t needed = cpu::attention_workspace_layout(p.num_tokens, p.num_segments, p.num_heads, p.head_dim,
-                                                         p.num_threads, backward).total;
+  const int64_t needed = rope2d_attention_workspace_bytes(p.num_tokens, p.num_segments, p.num_heads, p.head_dim,
+                                                          backward, device);
   expect(p.workspace_bytes >= needed, "rope2d_attention: workspace too small (" + std::to_string(p.workspace_bytes) +
                                           " < " + std::to_string(needed) + " bytes)");
   return p;
@@ -190,10 +284,22 @@ void expect_cu_seqlens_values(const AttentionParams& p) {
 
 void rope2d_attention_forward(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
                               const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
-                              const TensorRef& lse, const TensorRef& workspace, double scale) {
+                              const TensorRef& lse, const TensorRef& workspace, double scale, int64_t max_seqlen,
+                              uintptr_t stream) {
   const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse}, "rope2d_attention");
-  expect(device < 0, "rope2d_attention: no CUDA kernel yet (CPU tensors only)");
-  AttentionParams p = attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, false);
+  AttentionParams p =
+      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, false, device);
+#ifdef VL3FAST_WITH_CUDA
+  if (device >= 0) {  // cu_seqlens stays on the device: not read here (no sync); the kernels clamp it
+    expect(p.num_heads <= 65535, "rope2d_attention (CUDA): at most 65535 heads");
+    expect_vector_aligned(v, "v");
+    if (p.num_tokens == 0 || p.num_heads == 0) return;
+    return cuda::rope2d_attention_forward(p, max_seqlen, device, stream);
+  }
+#else
+  (void)stream;
+#endif
+  (void)max_seqlen;
   expect_cu_seqlens_values(p);
   if (p.num_tokens == 0 || p.num_heads == 0) return;
   cpu::kernels().rope2d_attention_forward(p);
@@ -202,16 +308,16 @@ void rope2d_attention_forward(const TensorRef& q, const TensorRef& k, const Tens
 void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
                                const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
                                const TensorRef& lse, const TensorRef& dout, const TensorRef& dq, const TensorRef& dk,
-                               const TensorRef& dv, const TensorRef& workspace, double scale) {
+                               const TensorRef& dv, const TensorRef& workspace, double scale, int64_t max_seqlen,
+                               uintptr_t stream) {
   const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse, &dout, &dq, &dk, &dv},
                                    "rope2d_attention_backward");
-  expect(device < 0, "rope2d_attention_backward: no CUDA kernel yet (CPU tensors only)");
-  AttentionParams p = attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, true);
+  AttentionParams p =
+      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, true, device);
   expect_thd(dout, q, "dout");
   expect_thd(dq, q, "dq");
   expect_thd(dk, q, "dk");
   expect_thd(dv, q, "dv");
-  expect_cu_seqlens_values(p);
   p.dout = dout.data;
   p.dout_stride_token = dout.strides[0];
   p.dout_stride_head = dout.strides[1];
@@ -224,6 +330,19 @@ void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const Ten
   p.dk_stride_head = dk.strides[1];
   p.dv_stride_token = dv.strides[0];
   p.dv_stride_head = dv.strides[1];
+#ifdef VL3FAST_WITH_CUDA
+  if (device >= 0) {
+    expect(p.num_heads <= 65535, "rope2d_attention_backward (CUDA): at most 65535 heads");
+    expect_vector_aligned(v, "v");
+    expect_vector_aligned(dout, "dout");
+    if (p.num_tokens == 0 || p.num_heads == 0) return;
+    return cuda::rope2d_attention_backward(p, max_seqlen, device, stream);
+  }
+#else
+  (void)stream;
+#endif
+  (void)max_seqlen;
+  expect_cu_seqlens_values(p);
   if (p.num_tokens == 0 || p.num_heads == 0) return;
   cpu::kernels().rope2d_attention_backward(p);
 }
@@ -396,14 +515,23 @@ PYBIND11_MODULE(_C, m) {
         py::arg("inverse"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
   m.def("rope2d_attention_workspace_bytes", &rope2d_attention_workspace_bytes, py::arg("num_tokens"),
         py::arg("num_segments"), py::arg("num_heads"), py::arg("head_dim"), py::arg("backward"),
-        "Bytes of uint8 workspace rope2d_attention_forward/backward need with the current thread count.");
+        py::arg("device_index") = -1,
+        "Bytes of uint8 workspace rope2d_attention_forward/backward need (CPU: with the current thread count).");
+  m.def("attention_cuda_configs", &attention_cuda_configs,
+        "The CUDA attention kernel's supported dtype codes and head dims (declared once in attention_tc.h).");
+  m.def("_attn_tc_plan", &attn_tc_plan, py::arg("cu_seqlens"), py::arg("num_tokens"), py::arg("block"),
+        py::arg("max_seqlen") = -1, "Test only: CUDA attention block table and work-item decoding, run on the CPU.");
+  m.def("_attn_tc_layout", &attn_tc_layout, py::arg("num_tokens"), py::arg("num_segments"), py::arg("num_heads"),
+        py::arg("head_dim"), py::arg("backward"), "Test only: CUDA attention workspace layout and tile sizes.");
+  m.def("_attn_tc_fragments", &attn_tc_fragments, "Test only: per-lane MMA fragment coordinates of the CUDA kernels.");
   m.def("rope2d_attention_forward", &rope2d_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
-        py::arg("workspace"), py::arg("scale"), py::call_guard<py::gil_scoped_release>());
+        py::arg("workspace"), py::arg("scale"), py::arg("max_seqlen") = -1, py::arg("stream") = 0,
+        py::call_guard<py::gil_scoped_release>());
   m.def("rope2d_attention_backward", &rope2d_attention_backward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
         py::arg("dout"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("workspace"), py::arg("scale"),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("max_seqlen") = -1, py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
   m.def("frame_keep_mask", &frame_keep_mask, py::arg("pixels"), py::arg("item_table"), py::arg("keep"), py::arg("diff"),
         py::arg("num_frames"), py::arg("max_frame_tokens"), py::arg("threshold"), py::arg("min_tokens"), py::arg("sum_lanes"), py::arg("write_diff"),
         py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());

@@ -15,6 +15,10 @@ def __getattr__(name):
         from .models import VideoLLaMA3ForCausalLM
 
         return VideoLLaMA3ForCausalLM
+    if name == "VideoLLaMA3Processor":
+        from .processing import VideoLLaMA3Processor
+
+        return VideoLLaMA3Processor
     raise AttributeError(f"module 'vl3fast' has no attribute {name!r}")
 
-__all__ = ["__version__", "info", "cuda_available", "cuda_status", "ops", "reference", "VideoLLaMA3ForCausalLM"]
+__all__ = ["__version__", "info", "cuda_available", "cuda_status", "ops", "reference", "VideoLLaMA3ForCausalLM", "VideoLLaMA3Processor"]

@@ -1,4 +1,8 @@
-"""The `vl3fast` command: `vl3fast info`, `vl3fast bench`."""
+"""The `vl3fast` command: `info`, `bench`, `tokens`, `chat`.
+
+Exit codes: 0 success; 1 `bench` disagreement; 2 bad input (missing or unreadable media, a token budget
+exceeded, a bad checkpoint directory), with the reason on stderr.
+"""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +33,48 @@ def _bench(args) -> int:
     return 0 if all(r.agree for r in results) else 1
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _is_image_path(path: str) -> bool:
+    return path.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _tokens(args) -> int:
+    from .processing import ProcessingConfig, TokenBudgetError, estimate_tokens
+
+    images = [f for f in args.files if _is_image_path(f)]
+    videos = [f for f in args.files if not _is_image_path(f)]  # anything else is probed as a video
+    settings = {}
+    if args.num_frames is not None:
+        settings.update(num_frames=args.num_frames, fps=None)
+    elif args.fps is not None:
+        settings["fps"] = args.fps
+    if args.max_frames is not None:
+        settings["max_frames"] = args.max_frames
+    config = ProcessingConfig.official() if args.official else None
+    estimate = estimate_tokens(images=images or None, videos=videos or None, config=config, processor=args.model,
+                               text=args.prompt, **settings)
+    print(estimate.summary())
+    total = estimate.total_tokens if estimate.total_tokens is not None else estimate.visual_tokens
+    if args.budget is not None and total > args.budget:
+        what = "tokens" if estimate.total_tokens is not None else "visual tokens"
+        raise TokenBudgetError(f"{total} {what} exceed the budget of {args.budget}; lower --fps or --max-frames, "
+                               "or raise --budget")
+    return 0
+
+
+def _chat(args) -> int:
+    from .chat import run_chat
+
+    result = run_chat(args.model, args.question, images=args.image or (), video=args.video,
+                      max_new_tokens=args.max_new_tokens, fps=args.fps, max_frames=args.max_frames,
+                      device=args.device, dtype=args.dtype, system_prompt=args.system_prompt)
+    if not result.new_token_ids:
+        print("(no tokens generated)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vl3fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vision encoder layers at full width (the released model has 27; time scales linearly)")
     bench.add_argument("--out", default="bench_out/bench.json", help="JSON results path ('' to skip)")
     bench.set_defaults(func=_bench)
+
+    tokens = sub.add_parser("tokens", help="exact token counts for images/videos, reading headers only")
+    tokens.add_argument("files", nargs="+", metavar="FILE",
+                        help="images (by suffix: " + " ".join(IMAGE_SUFFIXES) + ") and videos")
+    tokens.add_argument("--fps", type=float, default=None, help="frames sampled per second (default 1)")
+    tokens.add_argument("--num-frames", type=int, default=None, help="a fixed number of evenly spaced frames")
+    tokens.add_argument("--max-frames", type=int, default=None, help="at most this many frames (default 180)")
+    tokens.add_argument("--budget", type=int, default=None,
+                        help="exit 2 when the total exceeds this many tokens (text included with --model)")
+    tokens.add_argument("--model", default=None,
+                        help="checkpoint directory: its processor settings, and the text tokens of the prompt")
+    tokens.add_argument("--prompt", default=None,
+                        help="with --model: the prompt text, one placeholder per file (default: the chat template)")
+    tokens.add_argument("--official", action="store_true",
+                        help="the official resize rule (16..16384 tokens shared per call) instead of transformers'")
+    tokens.set_defaults(func=_tokens)
+
+    chat = sub.add_parser("chat", help="answer a question about images or a video with a local checkpoint")
+    chat.add_argument("question")
+    chat.add_argument("--model", required=True, help="checkpoint directory (weights, tokenizer, processor files)")
+    media = chat.add_mutually_exclusive_group(required=True)
+    media.add_argument("--image", action="append", help="an image file (repeat for several)")
+    media.add_argument("--video", help="a video file")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--fps", type=float, default=None, help="video frames per second (default: the checkpoint's)")
+    chat.add_argument("--max-frames", type=int, default=None, help="at most this many video frames")
+    chat.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    chat.add_argument("--dtype", default=None, help="auto (the checkpoint's), float32 (default), bfloat16, float16")
+    chat.add_argument("--system-prompt", action="store_true", help="prepend VideoLLaMA3's default system prompt")
+    chat.set_defaults(func=_chat)
     return parser
 
 

@@ -20,5 +20,9 @@ void frame_keep_mask(const FrameKeepParams& p, int device, uintptr_t stream);
 // Device workspace keep_compaction needs for M merged tokens (scan inputs/outputs + CUB temp storage).
 uint64_t keep_compaction_workspace_bytes(int64_t num_tokens, int device);
 void keep_compaction(const KeepCompactParams& p, int device, uintptr_t stream);
+// Tensor-core rope2d attention (attention*.cu; tiles and workspace layout in vl3fast/attention_tc.h).
+// max_seqlen < 0: unknown (the grid is bounded from T and S).  No host sync.
+void rope2d_attention_forward(const AttentionParams& p, int64_t max_seqlen, int device, uintptr_t stream);
+void rope2d_attention_backward(const AttentionParams& p, int64_t max_seqlen, int device, uintptr_t stream);
 
 }  // namespace vl3fast::cuda

@@ -142,3 +142,17 @@ def test_pil_backend_variant_is_within_one_level():
         assert torch.equal(ours.grid_thw, ref["image_grid_thw"])
         diff = (torch.as_tensor(ref["pixel_values"]) - ours.pixel_values).abs().max().item()
         assert 0 < diff <= 2 / 127.5 + 1e-6
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 14, 3), (2, 14, 14, 3), (3, 42, 14, 3)])
+def test_patchify_one_patch_wide(shape):
+    """A frame one patch wide made `.to(float32)` keep a strided layout that `.view` rejected."""
+    from vl3fast.processing import ProcessingConfig, normalize_patchify
+
+    x = torch.arange(np.prod(shape), dtype=torch.int64).remainder(256).to(torch.uint8).view(shape)
+    out = normalize_patchify(x.permute(0, 3, 1, 2), 1, ProcessingConfig())
+    t, h, w, _ = shape
+    assert out.shape == (t * (h // 14) * (w // 14), 588) and out.is_contiguous()
+    ref = (x.permute(0, 3, 1, 2).float() - 127.5) / 127.5  # one patch per row: rows are (t, r), (C, py, px)
+    expected = ref.reshape(t, 3, h // 14, 14, 14).permute(0, 2, 1, 3, 4).reshape(-1, 588)
+    assert torch.equal(out, expected)

@@ -3,7 +3,11 @@
 The op `vl3fast::rope2d_attention` returns (out, lse); lse (float32 `[H, T]`, the log-sum-exp of the
 scaled logits) is what the backward op `vl3fast::rope2d_attention_backward` recomputes the softmax from,
 so no `[L, L]` matrix is ever stored.  CPU tensors run the C++ kernel (csrc/cpu/kernels/attention.cpp);
-the CUDA kernel is issue 5 and CUDA tensors raise NotImplementedError until then.
+CUDA tensors run the tensor-core kernel (csrc/cuda/attention*.cu) for the dtypes and head dims in
+ATTENTION_CUDA_DTYPES x ATTENTION_CUDA_HEAD_DIMS, read from the compiled core, where that list is declared
+once (csrc/include/vl3fast/attention_tc.h).  The CUDA path never syncs with the host: cu_seqlens is not
+read on the host (not validated either: pass a well-formed one), and max_seqlen is an optional hint.
+The CUDA kernel compiles but has not yet run on a GPU: unverified until benchmarks/gpu/validate.sh passes.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import math
 import torch
 
 from .._backend import core
-from ._bridge import tensor_ref
+from ._bridge import DTYPE_CODES, stream_of, tensor_ref
 from ._checks import (
     FLOAT_DTYPES,
     check_last_dim_contiguous,
@@ -24,13 +28,21 @@ from ._checks import (
 )
 from .rope2d import _inv_freq
 
-__all__ = ["rope2d_attention", "ATTENTION_HEAD_DIMS", "ATTENTION_FAST_HEAD_DIMS", "ATTENTION_DTYPES"]
+__all__ = [
+    "rope2d_attention", "ATTENTION_HEAD_DIMS", "ATTENTION_FAST_HEAD_DIMS", "ATTENTION_DTYPES",
+    "ATTENTION_CUDA_DTYPES", "ATTENTION_CUDA_HEAD_DIMS",
+]
 
 # The supported matrix, declared once (the kernel's switch in csrc/cpu/kernels/attention.cpp lists the
 # same fast paths).  Any multiple of 4 in [4, 256] runs: 2D RoPE splits D into four quarters.
 ATTENTION_DTYPES = FLOAT_DTYPES
 ATTENTION_FAST_HEAD_DIMS = (64, 72, 80, 128)
 ATTENTION_HEAD_DIMS = tuple(range(4, 257, 4))
+# The CUDA kernel's matrix, from the single declaration in the compiled core.
+_CUDA_CONFIGS = core.attention_cuda_configs()
+_DTYPE_BY_CODE = {code: dtype for dtype, code in DTYPE_CODES.items()}
+ATTENTION_CUDA_DTYPES = tuple(_DTYPE_BY_CODE[c] for c in _CUDA_CONFIGS["dtypes"])
+ATTENTION_CUDA_HEAD_DIMS = tuple(_CUDA_CONFIGS["head_dims"])
 
 
 def _check_head_dim(head_dim: int) -> None:
@@ -42,11 +54,26 @@ def _check_head_dim(head_dim: int) -> None:
 
 
 def _check_cuda(q: torch.Tensor) -> None:
-    if q.device.type == "cuda":
-        raise NotImplementedError(
-            "vl3fast.ops.rope2d_attention: the CUDA attention kernel is not implemented yet (issue 5); "
-            "move q, k, v, cu_seqlens and pos_hw to the CPU or use vl3fast.reference.rope2d_attention"
+    """The CUDA kernel's narrower matrix (tensor cores: 16-bit inputs, compiled head dims)."""
+    if q.device.type != "cuda":
+        return
+    if q.dtype not in ATTENTION_CUDA_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in ATTENTION_CUDA_DTYPES)
+        raise TypeError(
+            f"q: dtype {q.dtype} has no CUDA attention kernel; supported on CUDA: {names} "
+            "(float32 runs on the CPU, or cast to bfloat16)"
         )
+    if q.shape[-1] not in ATTENTION_CUDA_HEAD_DIMS:
+        raise ValueError(
+            f"q: head dim {q.shape[-1]} has no CUDA attention kernel; supported on CUDA: {ATTENTION_CUDA_HEAD_DIMS}"
+        )
+
+
+def _vector_aligned(t: torch.Tensor) -> torch.Tensor:
+    """The CUDA kernel copies v and dout rows in 16-byte vectors: copy views that are not aligned so."""
+    if t.device.type == "cuda" and (t.data_ptr() % 16 or t.stride(0) % 8 or t.stride(1) % 8):
+        return t.contiguous()
+    return t
 
 
 def _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen) -> None:
@@ -59,6 +86,7 @@ def _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen) -> None
         if t.dtype != q.dtype:
             raise TypeError(f"{name}: expected the dtype of q ({q.dtype}), got {t.dtype}")
     _check_head_dim(q.shape[-1])
+    _check_cuda(q)
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_last_dim_contiguous(name, t)
     check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
@@ -93,7 +121,8 @@ def _check_values(q, cu_seqlens, pos_hw, max_seqlen) -> None:
 
 def _workspace(q: torch.Tensor, num_segments: int, backward: bool) -> torch.Tensor:
     T, H, D = q.shape
-    nbytes = core.rope2d_attention_workspace_bytes(T, num_segments, H, D, backward)
+    device_index = q.device.index if q.device.type == "cuda" else -1
+    nbytes = core.rope2d_attention_workspace_bytes(T, num_segments, H, D, backward, device_index)
     return torch.empty(nbytes, dtype=torch.uint8, device=q.device)
 
 
@@ -103,7 +132,6 @@ def _rope2d_attention(
     theta: float, scale: float, max_seqlen: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen)
-    _check_cuda(q)
     _check_values(q, cu_seqlens, pos_hw, max_seqlen)
     T, H, D = q.shape
     out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
@@ -112,10 +140,12 @@ def _rope2d_attention(
         return out, lse
     pos_hw = pos_hw.contiguous()  # keep references: the core only borrows the pointers
     cu_seqlens = cu_seqlens.contiguous()
+    v = _vector_aligned(v)
     workspace = _workspace(q, cu_seqlens.shape[0] - 1, backward=False)
     core.rope2d_attention_forward(
         tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
         tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(workspace), scale,
+        max_seqlen, stream_of(q),
     )
     return out, lse
 
@@ -134,7 +164,8 @@ def _rope2d_attention_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_cuda(q)
     T, H, D = q.shape
-    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    dout = _vector_aligned(dout if dout.stride(-1) == 1 else dout.contiguous())
+    v = _vector_aligned(v)
     dq, dk, dv = (torch.empty((T, H, D), dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
         return dq, dk, dv
@@ -145,7 +176,7 @@ def _rope2d_attention_backward(
     core.rope2d_attention_backward(
         tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
         tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout),
-        tensor_ref(dq), tensor_ref(dk), tensor_ref(dv), tensor_ref(workspace), scale,
+        tensor_ref(dq), tensor_ref(dk), tensor_ref(dv), tensor_ref(workspace), scale, -1, stream_of(q),
     )
     return dq, dk, dv
 
@@ -187,11 +218,13 @@ def rope2d_attention(
     Args:
         q, k, v: `[T, H, D]` float32/bfloat16/float16, same shape and dtype, last dim contiguous (token and
             head strides are free, so views of a fused qkv projection work).  D: a multiple of 4 up to 256
-            (2D RoPE splits it in quarters); 64, 72, 80 and 128 have compile-time fast paths.
+            (2D RoPE splits it in quarters); 64, 72, 80 and 128 have compile-time fast paths.  On CUDA:
+            bfloat16/float16 and head dims ATTENTION_CUDA_HEAD_DIMS (64, 72, 80, 96, 128) only.
         cu_seqlens: int32 `[S + 1]`, 0 first, non-decreasing, last == T; tokens attend only within their segment.
         pos_hw: int32 `[T, 2]` (row, col) per token, e.g. from `vl3fast.ops.rope2d_position_ids`.
         theta: RoPE base.  scale: softmax scale, default D**-0.5.
-        max_seqlen: optional upper bound of the segment lengths (checked when given).
+        max_seqlen: optional upper bound of the segment lengths (checked when given on the CPU; on CUDA it
+            only shrinks the launch grid, and a value below the longest segment leaves rows unwritten).
 
     Returns:
         out `[T, H, D]` in q's dtype.  Differentiable in q, k and v (fp32 accumulation throughout; the

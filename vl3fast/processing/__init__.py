@@ -5,6 +5,8 @@
     preprocess_images / preprocess_videos  -> VisualInputs(pixel_values [P, 588] float32,
                                               grid_thw [N, 3] int64, merge_sizes [N] int64, timestamps)
     estimate_tokens(images=..., videos=..., max_visual_tokens=...)   exact counts, headers only
+                                          (with processor=/text=: text tokens and the total too)
+    VideoLLaMA3Processor                   text + media -> transformers' VideoLlama3Processor dict
     ProcessingConfig                       every setting; .official() for the official resize rule
 
 Pixels are resized with torchvision (bicubic, antialiased, uint8), the backend of transformers'
@@ -18,13 +20,16 @@ from .errors import (
     NotMediaError, TokenBudgetError, UnsupportedCodecError,
 )
 from .image import load_image
+from .processor import VideoLLaMA3Processor
+from .processor_files import ProcessorFiles, read_processor_files
 from .preprocess import VisualInputs, normalize_patchify, preprocess_images, preprocess_videos
 from .resize import ItemPlan, ItemShape, official_resize, plan_sizes, resize_frames, smart_resize
 from .tokens import ItemEstimate, TokenEstimate, estimate_tokens
 from .video import Video, VideoInfo, load_video, probe_video, sample_frame_indices
 
 __all__ = [
-    "ProcessingConfig", "load_image", "load_video", "probe_video", "sample_frame_indices", "Video", "VideoInfo",
+    "ProcessingConfig", "VideoLLaMA3Processor", "ProcessorFiles", "read_processor_files",
+    "load_image", "load_video", "probe_video", "sample_frame_indices", "Video", "VideoInfo",
     "preprocess_images", "preprocess_videos", "VisualInputs", "normalize_patchify", "estimate_tokens",
     "TokenEstimate", "ItemEstimate", "smart_resize", "official_resize", "plan_sizes", "ItemShape", "ItemPlan",
     "resize_frames", "MediaError", "MediaNotFoundError", "NotMediaError", "CorruptMediaError", "EmptyVideoError",

@@ -6,6 +6,8 @@ Output (`VisualInputs`), the layout of spec A and of transformers' VideoLLaMA3 p
   grid_thw      int64 [N, 3]        (t, h, w) per item in patches, before merging
   merge_sizes   int64 [N]
   timestamps    per item: seconds of each frame (videos) or None (images)
+  frame_indices per item: frame numbers in the source (videos from files or `Video`s), else None
+  video_fps     per item: the source frame rate the timestamps are `index / fps` of, else None
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class VisualInputs:
     grid_thw: torch.Tensor
     merge_sizes: torch.Tensor
     timestamps: list = field(default_factory=list)
+    frame_indices: list = field(default_factory=list)
+    video_fps: list = field(default_factory=list)
 
     @property
     def num_tokens(self) -> list[int]:
@@ -50,7 +54,9 @@ def normalize_patchify(frames: torch.Tensor, merge_size: int, config: Processing
         raise ValueError(f"frame size {h}x{w} is not a multiple of patch_size*merge_size={p * m}")
     gh, gw = h // p, w // p
     blocks = frames.reshape(t, c, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
-    patches = blocks.reshape(t * gh * gw, c, p * p).to(torch.float32)  # the one copy, as uint8 -> float
+    # the one copy, as uint8 -> float; contiguous even when the reshape above is a strided view (e.g. one
+    # merge block per row), which `.to` alone would preserve and `.view` below would reject
+    patches = blocks.reshape(t * gh * gw, c, p * p).to(torch.float32, memory_format=torch.contiguous_format)
     mean = (torch.tensor(config.image_mean) * (1.0 / config.rescale_factor)).view(1, c, 1)
     std = (torch.tensor(config.image_std) * (1.0 / config.rescale_factor)).view(1, c, 1)
     patches.sub_(mean).div_(std)
@@ -118,6 +124,8 @@ def preprocess_images(
         grid_thw=torch.tensor([pl.grid_thw for pl in plans], dtype=torch.int64),
         merge_sizes=torch.tensor([pl.merge_size for pl in plans], dtype=torch.int64),
         timestamps=[None] * len(plans),
+        frame_indices=[None] * len(plans),
+        video_fps=[None] * len(plans),
     )
 
 
@@ -157,7 +165,7 @@ def preprocess_videos(
         videos = [videos]
     if not videos:
         raise ValueError("no videos given")
-    shapes, names, sources = [], [], []
+    shapes, names, sources, indices, rates = [], [], [], [], []
     for i, v in enumerate(videos):
         if isinstance(v, (str, os.PathLike)):
             info = probe_video(v, timeout=timeout)
@@ -166,17 +174,23 @@ def preprocess_videos(
             shapes.append(ItemShape(info.height, info.width, len(idx)))
             sources.append(("path", os.fspath(v), idx, info))
             names.append(os.path.basename(os.fspath(v)))
+            indices.append(np.asarray(idx, dtype=np.int64))
+            rates.append(info.fps)
         elif isinstance(v, Video):
             v.check_full_size()
             shapes.append(ItemShape(v.frames.shape[1], v.frames.shape[2], v.frames.shape[0]))
             sources.append(("frames", _frames_to_tensor(v.frames), list(v.timestamps), None))
             names.append(os.path.basename(v.info.path))
+            indices.append(np.asarray(v.indices, dtype=np.int64))
+            rates.append(v.info.fps)
         else:
             x = _frames_to_tensor(v)
             stamps = [k / video_fps for k in range(x.shape[0])] if video_fps else None
             shapes.append(ItemShape(int(x.shape[2]), int(x.shape[3]), int(x.shape[0])))
             sources.append(("frames", x, stamps, None))
             names.append(f"video {i}")
+            indices.append(None)
+            rates.append(video_fps)
     plans = plan_sizes(shapes, config)
     _check_budget(plans, names, max_visual_tokens)
     pixel_values, timestamps = [], []
@@ -196,4 +210,6 @@ def preprocess_videos(
         grid_thw=torch.tensor([pl.grid_thw for pl in plans], dtype=torch.int64),
         merge_sizes=torch.tensor([pl.merge_size for pl in plans], dtype=torch.int64),
         timestamps=timestamps,
+        frame_indices=indices,
+        video_fps=rates,
     )

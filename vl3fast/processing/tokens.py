@@ -5,7 +5,11 @@ runs the same sampling (`sample_frame_indices`) and size planning (`plan_sizes`)
 so the counts equal `preprocess_*(...).num_tokens` by construction (tests check it).
 
 The counts are before DiffFP frame pruning (`use_token_compression`), which depends on pixel content:
-they are the upper bound that decides memory. Text tokens need the tokenizer and are not counted here.
+they are the upper bound that decides memory. With a processor (`VideoLLaMA3Processor` or a checkpoint
+directory) the text tokens are counted too: the prompt is expanded exactly as the processor expands it
+(`Time t.ts:` labels, every placeholder) and tokenized, so `total_tokens` equals the processor's
+`input_ids` length with compression off; with compression on the processor writes
+`total_tokens - (pruned tokens)` (the text around the placeholders is the same: every frame keeps >= 1).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class ItemEstimate:
     tokens: int                     # after merging, before pruning
     frame_indices: tuple[int, ...] | None = None
     timestamps: tuple[float, ...] | None = None
+    video_fps: float | None = None  # source frame rate (videos read from files or `Video`s)
 
     @property
     def num_frames(self) -> int:
@@ -46,6 +51,12 @@ class ItemEstimate:
 @dataclass(frozen=True)
 class TokenEstimate:
     items: tuple[ItemEstimate, ...]
+    text_tokens: int | None = None  # prompt tokens besides the visual ones; None without a tokenizer
+
+    @property
+    def total_tokens(self) -> int | None:
+        """Length of the tokenized prompt (text + every visual token), or None without a tokenizer."""
+        return None if self.text_tokens is None else self.text_tokens + self.visual_tokens
 
     @property
     def visual_tokens(self) -> int:
@@ -70,6 +81,9 @@ class TokenEstimate:
                 lines.append(f"image {it.name}: {it.height}x{it.width} -> {it.resized_height}x"
                              f"{it.resized_width} -> {it.tokens} tokens")
         lines.append(f"total visual tokens: {self.visual_tokens}")
+        if self.text_tokens is not None:
+            lines.append(f"text tokens: {self.text_tokens}")
+            lines.append(f"total tokens: {self.total_tokens} (before DiffFP pruning)")
         return "\n".join(lines)
 
 
@@ -92,6 +106,9 @@ def estimate_tokens(
     *,
     max_visual_tokens: int | None = None,
     timeout: float | None = DEFAULT_TIMEOUT_S,
+    processor=None,
+    text=None,
+    max_total_tokens: int | None = None,
     **overrides,
 ) -> TokenEstimate:
     """Visual tokens the given media become under `config` (plus keyword overrides such as
@@ -101,10 +118,26 @@ def estimate_tokens(
     videos: paths, `VideoInfo`s (from `probe_video`), `Video`s, uint8 [T, H, W, 3] arrays or
         (num_frames, height, width) tuples (arrays and tuples: frames used as given, no sampling).
     max_visual_tokens: raise TokenBudgetError (with a per-item breakdown) when the total exceeds it.
+    processor: a `VideoLLaMA3Processor` or a checkpoint directory; then `text_tokens` and
+        `total_tokens` are filled in, for `text` (a prompt with one placeholder per item, or a list of
+        prompts) or, without it, the chat-template prompt of one user turn holding the media.
+        `config` defaults to the processor's settings.
+    max_total_tokens: raise TokenBudgetError when text + visual tokens exceed it (needs a processor).
 
     Images and videos are planned as separate calls, as transformers' processor runs its image and
     video processors separately (this matters only for the official rule's shared budget).
     """
+    if processor is not None:
+        if isinstance(processor, (str, os.PathLike)):
+            from .processor import VideoLLaMA3Processor
+
+            processor = VideoLLaMA3Processor.from_pretrained(processor)
+        return processor.estimate_tokens(text=text, images=images, videos=videos, config=config,
+                                         max_visual_tokens=max_visual_tokens, max_total_tokens=max_total_tokens,
+                                         timeout=timeout, **overrides)
+    if text is not None or max_total_tokens is not None:
+        raise ValueError("counting text tokens (text=, max_total_tokens=) needs processor= (a VideoLLaMA3Processor "
+                         "or a checkpoint directory with a tokenizer)")
     config = resolve_config(config, overrides)
     items: list[ItemEstimate] = []
 
@@ -118,7 +151,7 @@ def estimate_tokens(
 
     video_list = _as_list(videos)
     if video_list:
-        shapes, extras = [], []
+        shapes, extras, rates = [], [], []
         for i, v in enumerate(video_list):
             if isinstance(v, (str, os.PathLike, VideoInfo)):
                 info = v if isinstance(v, VideoInfo) else probe_video(v, timeout=timeout)
@@ -127,22 +160,26 @@ def estimate_tokens(
                 shapes.append(ItemShape(info.height, info.width, len(idx)))
                 extras.append((os.path.basename(info.path), tuple(int(k) for k in idx),
                                tuple(float(k) / info.fps for k in idx)))
+                rates.append(info.fps)
             elif isinstance(v, Video):
                 v.check_full_size()
                 shapes.append(ItemShape(v.frames.shape[1], v.frames.shape[2], v.frames.shape[0]))
                 extras.append((os.path.basename(v.info.path), tuple(int(k) for k in v.indices), tuple(v.timestamps)))
+                rates.append(v.info.fps)
             elif isinstance(v, tuple) and len(v) == 3:
                 shapes.append(ItemShape(int(v[1]), int(v[2]), int(v[0])))
                 extras.append((str(i), None, None))
+                rates.append(None)
             elif hasattr(v, "shape") and len(v.shape) == 4:
                 shapes.append(ItemShape(int(v.shape[1]), int(v.shape[2]), int(v.shape[0])))
                 extras.append((str(i), None, None))
+                rates.append(None)
             else:
                 raise TypeError(f"videos[{i}]: expected a path, VideoInfo, Video, [T, H, W, 3] array or "
                                 f"(frames, height, width) tuple, got {type(v).__name__}")
-        for sh, pl, (name, idx, stamps) in zip(shapes, plan_sizes(shapes, config), extras):
+        for sh, pl, (name, idx, stamps), rate in zip(shapes, plan_sizes(shapes, config), extras, rates):
             items.append(ItemEstimate("video", name, sh.height, sh.width, pl.resized_height, pl.resized_width,
-                                      pl.grid_thw, pl.merge_size, pl.num_tokens, idx, stamps))
+                                      pl.grid_thw, pl.merge_size, pl.num_tokens, idx, stamps, rate))
 
     estimate = TokenEstimate(tuple(items))
     if max_visual_tokens is not None and estimate.visual_tokens > max_visual_tokens:
