@@ -98,7 +98,7 @@ def main() -> None:
     grid_list, merge_list = WORKLOADS[args.workload]
     grid, merge = torch.tensor(grid_list), torch.tensor(merge_list)
     patches = int(grid.prod(1).sum())
-    results = {"environment": environment()}
+    results = {}
     for dname in args.dtypes.split(","):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dname]
         pixels = (torch.rand(patches, 588, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(dtype)
@@ -122,7 +122,7 @@ def main() -> None:
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"workload": args.workload, "layers": args.layers, "threads": torch.get_num_threads(),
+            json.dump({"environment": environment(), "workload": args.workload, "layers": args.layers,
                        "results": results}, f, indent=2)
 
 
