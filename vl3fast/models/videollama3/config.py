@@ -20,8 +20,8 @@ OFFICIAL_MODEL_TYPE = "videollama3_qwen2"
 MODEL_TYPES = (NATIVE_MODEL_TYPE, OFFICIAL_MODEL_TYPE)
 
 # The placeholder ids of transformers' processor (<|image_pad|>, <|video_pad|> in the Qwen2 vocab).  The official
-# checkpoints use one <image> token (151665) for both; it is kept as `legacy_image_token_index` so the official
-# config round-trips, but the model fills the two ids below (see model.py).
+# checkpoints use one <image> token (151665) for both; it is kept as `legacy_image_token_index`: the official
+# config round-trips, and model.py reads prompts that use it (VideoLLaMA3ForCausalLM.official_placeholders).
 DEFAULT_IMAGE_TOKEN_ID = 151655
 DEFAULT_VIDEO_TOKEN_ID = 151656
 
