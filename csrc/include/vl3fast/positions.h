@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "vl3fast/host_device.h"
+#include "vl3fast/table_search.h"
 
 namespace vl3fast {
 
@@ -14,14 +15,9 @@ namespace vl3fast {
 // item starts in the token and frame (segment) numbering.
 enum ItemField : int { kT = 0, kH = 1, kW = 2, kMerge = 3, kTokenOffset = 4, kFrameOffset = 5, kItemFields = 6 };
 
-// Largest i in [0, n) with offsets[i * stride] <= value (offsets non-decreasing, offsets[0] == 0).
+// Item of a packed token or frame: the last row whose offset column is <= the index.
 VL3FAST_HD int64_t upper_item(const int64_t* table, int64_t n, int field, int64_t value) {
-  int64_t lo = 0, hi = n - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (table[mid * kItemFields + field] <= value) lo = mid; else hi = mid - 1;
-  }
-  return lo;
+  return last_row_at_most(table, n, kItemFields, field, value);
 }
 
 struct PatchPosition {

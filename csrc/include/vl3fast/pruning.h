@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "vl3fast/host_device.h"
+#include "vl3fast/table_search.h"
 
 namespace vl3fast {
 
@@ -31,14 +32,9 @@ enum PruneField : int {
   kPruneFields = 7
 };
 
-// Largest i in [0, n) with table[i][field] <= value (field non-decreasing, table[0][field] == 0).
+// Item of a packed merged token or frame (see table_search.h).
 VL3FAST_HD int64_t prune_item_of(const int64_t* table, int64_t n, int field, int64_t value) {
-  int64_t lo = 0, hi = n - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (table[mid * kPruneFields + field] <= value) lo = mid; else hi = mid - 1;
-  }
-  return lo;
+  return last_row_at_most(table, n, kPruneFields, field, value);
 }
 
 VL3FAST_HD int64_t tokens_per_frame(const int64_t* row) {
