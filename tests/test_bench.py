@@ -7,7 +7,9 @@ from vl3fast.cli import main
 
 def test_bench_stages_agree_and_report_pruning(tmp_path):
     batch = bench.synthetic_batch(frames=3)
-    results, report = bench.run(batch, repeats=1, layers=1)
+    started = []
+    results, report = bench.run(batch, repeats=1, layers=1, on_stage=started.append)
+    assert started == [r.stage for r in results] and len(started) == bench.NUM_STAGES
     assert [r.stage.split(" ")[0] for r in results] == [
         "processing", "position", "frame", "attention", "attention", "vision", "vision"]
     assert all(r.agree for r in results), bench.format_table(results)

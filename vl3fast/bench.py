@@ -130,7 +130,10 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def _stage(name, tokens, ref_fn, fast_fn, tolerance, repeats, note, compare=_max_diff):
+NUM_STAGES = 7
+
+
+def _measure_stage(name, tokens, ref_fn, fast_fn, tolerance, repeats, note, compare=_max_diff):
     with torch.no_grad():
         diff = compare(fast_fn(), ref_fn())
         return StageResult(name, tokens, median_ms(ref_fn, repeats), median_ms(fast_fn, repeats), diff,
@@ -157,8 +160,15 @@ def vision_encoders(layers: int, dtype: torch.dtype, seed: int = 0):
     return theirs, ours.to(dtype)
 
 
-def run(batch: Batch | None = None, repeats: int = 3, layers: int = 1) -> tuple[list[StageResult], object]:
-    """Runs every stage; returns the measurements and the frame-pruning report."""
+def run(batch: Batch | None = None, repeats: int = 3, layers: int = 1,
+        on_stage: Callable[[str], None] | None = None) -> tuple[list[StageResult], object]:
+    """Runs every stage; returns the measurements and the frame-pruning report.
+    `on_stage(name)` is called as each of the NUM_STAGES stages starts (the CLI's progress bar)."""
+    def _stage(name, *args, **kwargs):  # reports progress, then measures
+        if on_stage is not None:
+            on_stage(name)
+        return _measure_stage(name, *args, **kwargs)
+
     batch = batch or synthetic_batch()
     pixels, grid, merges = batch.pixel_values, batch.grid_thw, batch.merge_sizes
     P = batch.num_patches

@@ -23,7 +23,19 @@ def _bench(args) -> int:
     batch = bench.synthetic_batch(frames=args.frames)
     print(f"vl3fast bench: {batch.num_patches} patches (a {args.frames}-frame 336x336 video at merge size 2 and two "
           f"images at merge size 1), median of {args.repeats} timed runs per stage, {args.layers} vision layer(s)")
-    results, report = bench.run(batch, repeats=args.repeats, layers=args.layers)
+    from tqdm import tqdm
+
+    with tqdm(total=bench.NUM_STAGES, desc="bench", unit="stage", file=sys.stderr, leave=False) as bar:
+        started = []
+
+        def on_stage(name):  # a stage starts: the previous one is done
+            if started:
+                bar.update(1)
+            started.append(name)
+            bar.set_postfix_str(name)
+
+        results, report = bench.run(batch, repeats=args.repeats, layers=args.layers, on_stage=on_stage)
+        bar.update(bar.total - bar.n)
     print(report)
     print(bench.format_table(results))
     if args.out:
