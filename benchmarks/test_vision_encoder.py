@@ -30,7 +30,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vl3fast
 from vl3fast.models.videollama3 import VideoLLaMA3Config
 from vl3fast.models.videollama3 import state_dict_adapter as adapter
 from vl3fast.models.videollama3.vision import VisionEncoder
@@ -78,7 +77,6 @@ def _skip_heavy(workload: str) -> None:
         pytest.skip(f"{workload} is a heavy case: set VL3FAST_BENCH_FULL=1")
 
 
-@pytest.mark.skipif(not hasattr(vl3fast.ops, "rope2d_attention"), reason="needs vl3fast.ops.rope2d_attention")
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
 def test_vision_encoder(bench, encoders, workload, dtype):

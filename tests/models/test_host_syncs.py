@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import vl3fast
 from vl3fast.models.videollama3 import VideoLLaMA3Config, VideoLLaMA3ForCausalLM
 
 from .tiny_vl3 import PROMPTS
@@ -96,7 +95,6 @@ def model():
     return VideoLLaMA3ForCausalLM(VideoLLaMA3Config.from_name("tiny"), attn_backend="vl3fast").eval()
 
 
-@pytest.mark.skipif(not hasattr(vl3fast.ops, "rope2d_attention"), reason="needs vl3fast.ops.rope2d_attention")
 @pytest.mark.parametrize("pruning", ["after", "before"])
 @pytest.mark.parametrize("prompt", ["image", "multi_image", "pruned_video"])
 def test_vision_forward_makes_at_most_one_host_sync(model, prompt, pruning):

@@ -15,16 +15,11 @@ from vl3fast.models.videollama3 import VideoLLaMA3Config, VideoLLaMA3ForCausalLM
 from vl3fast.models.videollama3 import state_dict_adapter as adapter
 from vl3fast.models.videollama3.vision import VisionEncoder
 
-from .tiny_vl3 import PROMPTS, VIDEO_ID, build_hf_model, image_prompt, left_pad_batch, rel_err, video_pixels
+from .tiny_vl3 import PROMPTS, VIDEO_ID, image_prompt, left_pad_batch, rel_err, video_pixels
 
 RTOL = 1e-4  # fp32 parity bar of issue 6
 NEW_TOKENS = 16
-HAS_FUSED_ATTENTION = hasattr(vl3fast.ops, "rope2d_attention")
-BACKENDS = [
-    "reference",
-    pytest.param("vl3fast", marks=pytest.mark.skipif(
-        not HAS_FUSED_ATTENTION, reason="vl3fast.ops.rope2d_attention is not in this build (merged separately)")),
-]
+BACKENDS = ["reference", "vl3fast"]
 
 
 @pytest.fixture(scope="module")

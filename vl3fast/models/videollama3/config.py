@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 NATIVE_MODEL_TYPE = "video_llama_3"
 OFFICIAL_MODEL_TYPE = "videollama3_qwen2"

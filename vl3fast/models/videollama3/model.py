@@ -9,19 +9,18 @@ Shape suffixes: B batch, L text length, E LLM hidden size, M merged visual token
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 import torch
 import torch.nn as nn
 
-from ... import ops, reference
+from ... import ops
 from . import checkpoint
 from . import state_dict_adapter as adapter
 from .config import VideoLLaMA3Config
 from .projector import Projector
-from .vision import VisionEncoder, check_backend, default_backend
+from .vision import DEFAULT_BACKEND, VisionEncoder, check_backend
 
 PRUNING_PLACEMENTS = ("after", "before")
 VISUAL_KEYS = ("pixel_values", "image_grid_thw", "image_merge_sizes", "pixel_values_videos", "video_grid_thw",
@@ -29,10 +28,8 @@ VISUAL_KEYS = ("pixel_values", "image_grid_thw", "image_merge_sizes", "pixel_val
 
 
 def video_keep_mask(pixel_values_videos, video_grid_thw, video_merge_sizes) -> torch.Tensor:
-    """DiffFP keep mask ``[M]`` (spec C) with the default threshold: the fused op when this build has it,
-    else the reference.  The only place the model chooses between the two."""
-    fn = getattr(ops, "frame_keep_mask", None) or reference.frame_keep_mask
-    return fn(pixel_values_videos, video_grid_thw, video_merge_sizes)
+    """DiffFP keep mask ``[M]`` (spec C) with the default threshold (the fused op, bit-exact with transformers)."""
+    return ops.frame_keep_mask(pixel_values_videos, video_grid_thw, video_merge_sizes)
 
 
 class VideoLLaMA3ForCausalLM(nn.Module):
@@ -50,7 +47,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     # ---- settings ------------------------------------------------------------------------------------------------
     @property
     def attn_backend(self) -> str:
-        return self._attn_backend or default_backend()
+        return self._attn_backend or DEFAULT_BACKEND
 
     @attn_backend.setter
     def attn_backend(self, value: str | None) -> None:

@@ -15,20 +15,14 @@ from ... import ops, reference
 from .config import VisionConfig
 
 ATTENTION_BACKENDS = ("vl3fast", "reference")
+DEFAULT_BACKEND = "vl3fast"
 
 
 def rope2d_attention(backend: str, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, *, theta: float, max_seqlen: int):
-    """The one place the attention backend is chosen.  ``"vl3fast"`` looks the op up at call time so the
-    model works as soon as ``vl3fast.ops.rope2d_attention`` exists; ``"reference"`` is the fp32-RoPE +
-    per-segment SDPA oracle (it reads cu_seqlens on the host in every call)."""
+    """The one place the attention backend is chosen: ``"vl3fast"`` is the fused op; ``"reference"`` is the
+    fp32-RoPE + per-segment SDPA oracle (it reads cu_seqlens on the host in every call)."""
     if backend == "vl3fast":
-        op = getattr(ops, "rope2d_attention", None)
-        if op is None:
-            raise RuntimeError(
-                "attention backend 'vl3fast' needs vl3fast.ops.rope2d_attention, which this build lacks; "
-                "use attn_backend='reference'"
-            )
-        return op(q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=theta, max_seqlen=max_seqlen)
+        return ops.rope2d_attention(q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=theta, max_seqlen=max_seqlen)
     if backend == "reference":
         return reference.rope2d_attention(q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=theta)
     raise ValueError(f"unknown attention backend {backend!r}; supported: {list(ATTENTION_BACKENDS)}")
@@ -260,7 +254,3 @@ class VisionEncoder(nn.Module):
             start += t
         return downsample(x_PC, item_tokens, merges)
 
-
-def default_backend() -> str:
-    """'vl3fast' when this build has the fused op, else 'reference' (used when no backend is named)."""
-    return "vl3fast" if hasattr(ops, "rope2d_attention") else "reference"
