@@ -20,6 +20,17 @@ def _check_file(path: str | os.PathLike) -> str:
     return path
 
 
+def _open(path: str | os.PathLike) -> tuple[str, "PIL.Image.Image"]:  # noqa: F821
+    """(name, lazily opened image): reads the header only; NotMediaError when Pillow cannot read it."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = _check_file(path)
+    try:
+        return name, Image.open(name)
+    except UnidentifiedImageError as e:
+        raise NotMediaError(f"{name!r} is not an image Pillow can read ({e})") from e
+
+
 def to_rgb(image) -> "PIL.Image.Image":  # noqa: F821
     """A PIL image as RGB; transparency (alpha band or palette transparency) is composited onto
     white, exactly as transformers' `convert_to_rgb` does, so both pipelines see the same pixels."""
@@ -41,17 +52,13 @@ def load_image(source: ImageLike) -> "PIL.Image.Image":  # noqa: F821
     Raises MediaNotFoundError (missing path), NotMediaError (not an image Pillow can read) and
     CorruptMediaError (a truncated or damaged image).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     if isinstance(source, Image.Image):
         image = source
         name = "<PIL image>"
     elif isinstance(source, (str, os.PathLike)):
-        name = _check_file(source)
-        try:
-            image = Image.open(name)
-        except UnidentifiedImageError as e:
-            raise NotMediaError(f"{name!r} is not an image Pillow can read ({e})") from e
+        name, image = _open(source)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as e:  # Pillow raises OSError for truncated data
@@ -68,18 +75,14 @@ def load_image(source: ImageLike) -> "PIL.Image.Image":  # noqa: F821
 def image_size(source: ImageLike) -> tuple[int, int]:
     """(height, width) of an image as `load_image` would return it, reading only the header
     (EXIF orientations 5-8 swap the sides). Arrays are taken as [H, W, C] (or [H, W])."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(source, np.ndarray):
         return int(source.shape[0]), int(source.shape[1])
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, (str, os.PathLike)):
-        name = _check_file(source)
-        try:
-            image = Image.open(name)
-        except UnidentifiedImageError as e:
-            raise NotMediaError(f"{name!r} is not an image Pillow can read ({e})") from e
+        _, image = _open(source)
     else:
         raise TypeError(f"expected a path, PIL.Image or array, got {type(source).__name__}")
     width, height = image.size
