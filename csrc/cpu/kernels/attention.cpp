@@ -240,6 +240,25 @@ struct Attention {
   }
 
   // Item -> (segment, head, block): the last segment whose first item is <= item.
+  // The rows a work item owns: head h, `count` (<= block_size) rows starting at packed row `first`,
+  // inside the segment [seg_start, seg_start + seg_len).
+  struct ItemRows {
+    int head;
+    int64_t first;
+    int count;
+    int64_t seg_start, seg_len;
+  };
+
+  ItemRows item_rows(int64_t item, int64_t block_size) const {
+    int64_t seg, block;
+    int head;
+    locate(item, seg, head, block);
+    const int64_t len = p.cu_seqlens[seg + 1] - p.cu_seqlens[seg];
+    const int64_t left = len - block * block_size;
+    return {head, p.cu_seqlens[seg] + block * block_size, static_cast<int>(left < block_size ? left : block_size),
+            p.cu_seqlens[seg], len};
+  }
+
   void locate(int64_t item, int64_t& seg, int& head, int64_t& block) const {
     int64_t lo = 0, hi = p.num_segments - 1;
     while (lo < hi) {
@@ -320,12 +339,11 @@ struct Attention {
 
   // ---------------------------------------------------------------------------------------------- forward
   void forward_item(int64_t item, float* w) const {
-    int64_t seg, block;
-    int h;
-    locate(item, seg, h, block);
-    const int64_t start = p.cu_seqlens[seg], len = p.cu_seqlens[seg + 1] - start;
-    const int64_t q0 = start + block * BQF;
-    const int nq = static_cast<int>(len - block * BQF < BQF ? len - block * BQF : BQF);
+    const ItemRows rows = item_rows(item, BQF);
+    const int h = rows.head;
+    const int64_t start = rows.seg_start, len = rows.seg_len;
+    const int64_t q0 = rows.first;
+    const int nq = rows.count;
     const int mq = round_up(nq, 4);
 
     float* q = w;                 // [256 x Dp]
@@ -441,12 +459,11 @@ struct Attention {
 
   // Pass 1: one 64-key block of one head: dk, dv.
   void backward_kv_item(int64_t item, float* w) const {
-    int64_t seg, block;
-    int h;
-    locate(item, seg, h, block);
-    const int64_t start = p.cu_seqlens[seg], len = p.cu_seqlens[seg + 1] - start;
-    const int64_t k0 = start + block * BK;
-    const int nk = static_cast<int>(len - block * BK < BK ? len - block * BK : BK);
+    const ItemRows rows = item_rows(item, BK);
+    const int h = rows.head;
+    const int64_t start = rows.seg_start, len = rows.seg_len;
+    const int64_t k0 = rows.first;
+    const int nk = rows.count;
     const int mk = round_up(nk, 4), nk16 = round_up(nk, VW);
 
     float* kt = w;                 // [Dp x 64]
@@ -500,12 +517,11 @@ struct Attention {
 
   // Pass 2: one 64-query block of one head: dq.
   void backward_q_item(int64_t item, float* w) const {
-    int64_t seg, block;
-    int h;
-    locate(item, seg, h, block);
-    const int64_t start = p.cu_seqlens[seg], len = p.cu_seqlens[seg + 1] - start;
-    const int64_t q0 = start + block * BQ;
-    const int nq = static_cast<int>(len - block * BQ < BQ ? len - block * BQ : BQ);
+    const ItemRows rows = item_rows(item, BQ);
+    const int h = rows.head;
+    const int64_t start = rows.seg_start, len = rows.seg_len;
+    const int64_t q0 = rows.first;
+    const int nq = rows.count;
     const int mq = round_up(nq, 4);
 
     float* q = w;                  // [64 x Dp]
