@@ -119,7 +119,8 @@ __global__ void frame_diff_kernel(FrameKeepParams p) {
          j += static_cast<int64_t>(gridDim.x) * kWarpsPerBlock) {
       const int64_t tok0 = row[kPrTokenOffset] + j;
       if (lane == 0) {
-        p.keep[tok0] = true;
+        // As the CPU kernel: frame 0 compares fp32(threshold + 1) > threshold (false at >= 2^24).
+        p.keep[tok0] = t == 1 || rule_diff > thr;
         if (p.diff) p.diff[tok0] = rule_diff;
       }
       const T* prev = pixels + token_first_patch(row, j) * p.row_stride;

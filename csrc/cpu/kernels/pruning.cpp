@@ -95,8 +95,13 @@ static void frame_keep_typed(const FrameKeepParams& p) {
 #pragma omp for schedule(static) nowait
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t j0 = b * B, j1 = j0 + B < n ? j0 + B : n;
+        // Frame 0 of a video is "kept by rule" the way transformers writes it: its diff is set to
+        // fp32(threshold + 1) and compared like any other, so at thresholds >= 2^24, where
+        // fp32(threshold + 1) == fp32(threshold), it is not kept (min_tokens still applies).
+        // Single-frame items (images) are always kept.
+        const bool first_kept = t == 1 || rule_diff > thr;
         for (int64_t j = j0; j < j1; ++j) {
-          p.keep[row[kPrTokenOffset] + j] = true;  // frame 0 (or the only frame) is kept by rule
+          p.keep[row[kPrTokenOffset] + j] = first_kept;
           if (p.diff) p.diff[row[kPrTokenOffset] + j] = rule_diff;
         }
         const T* prev_block = pixels + token_first_patch(row, j0) * p.row_stride;
