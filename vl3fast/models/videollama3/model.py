@@ -20,9 +20,8 @@ from . import checkpoint
 from . import state_dict_adapter as adapter
 from .config import VideoLLaMA3Config
 from .projector import Projector
-from .vision import DEFAULT_BACKEND, VisionEncoder, check_backend
+from .vision import DEFAULT_BACKEND, DEFAULT_PRUNING, VisionEncoder, check_backend, check_pruning
 
-PRUNING_PLACEMENTS = ("after", "before")
 VISUAL_KEYS = ("pixel_values", "image_grid_thw", "image_merge_sizes", "pixel_values_videos", "video_grid_thw",
                "video_merge_sizes", "video_compression_mask")
 
@@ -33,7 +32,8 @@ def video_keep_mask(pixel_values_videos, video_grid_thw, video_merge_sizes) -> t
 
 
 class VideoLLaMA3ForCausalLM(nn.Module):
-    def __init__(self, config: VideoLLaMA3Config, *, attn_backend: str | None = None, pruning: str = "after"):
+    def __init__(self, config: VideoLLaMA3Config, *, attn_backend: str | None = None,
+                 pruning: str = DEFAULT_PRUNING):
         super().__init__()
         from transformers import Qwen2ForCausalLM
 
@@ -59,9 +59,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
 
     @pruning.setter
     def pruning(self, value: str) -> None:
-        if value not in PRUNING_PLACEMENTS:
-            raise ValueError(f"pruning must be one of {list(PRUNING_PLACEMENTS)}, got {value!r}")
-        self._pruning = value
+        self._pruning = check_pruning(value)
 
     @property
     def device(self) -> torch.device:
@@ -74,7 +72,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     # ---- vision ----------------------------------------------------------------------------------------------------
     def get_visual_features(self, pixel_values, grid_thw, merge_sizes, keep_mask=None) -> torch.Tensor:
         """Projected features ``[M, E]`` of every merged token, in item order; with ``keep_mask`` only the
-        kept ones, pruned after the encoder or before it (``self.pruning``)."""
+        kept ones, pruned after the encoder or before it (``self.pruning``, vision.PRUNING_PLACEMENTS)."""
         x_MC = self.vision(pixel_values, grid_thw, merge_sizes, backend=self.attn_backend, keep_M=keep_mask,
                            prune=self.pruning)  # one host sync in all cases
         return self.projector(x_MC)
@@ -172,7 +170,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_repo_id, *, dtype: torch.dtype | str | None = None, device=None,
-                        attn_backend: str | None = None, pruning: str = "after") -> "VideoLLaMA3ForCausalLM":
+                        attn_backend: str | None = None, pruning: str = DEFAULT_PRUNING) -> "VideoLLaMA3ForCausalLM":
         """Loads a local checkpoint in either format (detected from config.json's model_type).
 
         Keys, shapes and formats are checked against the model before any tensor is read; on a mismatch a
