@@ -18,6 +18,7 @@ import os
 import torch
 
 from ..models.videollama3 import VideoLLaMA3Config, VideoLLaMA3ForCausalLM
+from ..models.videollama3 import checkpoint as ckpt_files
 from . import checkpoint
 from .config import LoraConfig
 from .engine import DS_TAG, TORCH_STATE_FILE
@@ -101,21 +102,22 @@ def export(src: str, out: str, *, fmt: str = "native", merge_lora_adapters: bool
     if os.path.exists(out) and os.listdir(out):
         raise FileExistsError(f"export folder {out!r} exists and is not empty; choose a new folder")
     model, lora, meta = _load_model(ckpt_dir, dtype)
-    if lora.enabled and not merge_lora_adapters:
-        _save_adapter(model, lora, os.path.join(out, ADAPTER_DIR))
-    if lora.enabled:
-        unload_lora(model, merge=merge_lora_adapters)
-    elif merge_lora_adapters:
+    if merge_lora_adapters and not lora.enabled:
         raise ValueError(f"--merge-lora: checkpoint {ckpt_dir!r} was trained without LoRA")
-    model.save_pretrained(out, fmt=fmt)
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir)))
     processor = os.path.join(run_dir, checkpoint.PROCESSOR)
-    if os.path.isdir(processor):
-        copy_processor_files(processor, out)
-    with open(os.path.join(out, "vl3fast_export.json"), "w") as f:
-        json.dump({"checkpoint": os.path.abspath(ckpt_dir), "step": meta["step"], "format": fmt,
-                   "lora": "merged" if lora.enabled and merge_lora_adapters else
-                   (ADAPTER_DIR if lora.enabled else None)}, f, indent=2)
+    with ckpt_files.atomic_directory(out) as tmp:  # a killed export leaves no half-written OUT
+        if lora.enabled and not merge_lora_adapters:
+            _save_adapter(model, lora, os.path.join(tmp, ADAPTER_DIR))
+        if lora.enabled:
+            unload_lora(model, merge=merge_lora_adapters)
+        model.save_pretrained(tmp, fmt=fmt)
+        if os.path.isdir(processor):
+            copy_processor_files(processor, tmp)
+        with open(os.path.join(tmp, "vl3fast_export.json"), "w") as f:
+            json.dump({"checkpoint": os.path.abspath(ckpt_dir), "step": meta["step"], "format": fmt,
+                       "lora": "merged" if lora.enabled and merge_lora_adapters else
+                       (ADAPTER_DIR if lora.enabled else None)}, f, indent=2)
     return ckpt_dir
 
 

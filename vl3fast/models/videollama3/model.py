@@ -181,7 +181,10 @@ class VideoLLaMA3ForCausalLM(nn.Module):
         """
         directory = checkpoint.resolve_directory(path_or_repo_id)
         raw = checkpoint.read_config(directory)
-        config = VideoLLaMA3Config.from_dict(raw)
+        try:
+            config = VideoLLaMA3Config.from_dict(raw)
+        except (TypeError, ValueError) as err:  # name the file: the message names the field
+            raise type(err)(f"{os.path.join(directory, 'config.json')!r}: {err}") from err
         dtype = _resolve_dtype(dtype, raw)
         device = torch.device(device or "cpu")
         files = checkpoint.weight_files(directory)
@@ -230,11 +233,17 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     def save_pretrained(self, directory: str, *, max_shard_bytes: int = 5 * 1024**3, fmt: str = "native") -> None:
         """Writes config.json + safetensors in the transformers-native format (transformers'
         VideoLlama3ForConditionalGeneration.from_pretrained loads it) or, with ``fmt="official"``, in the
-        official trust_remote_code layout (spec F).  Both load back with ``from_pretrained``."""
-        rename = {"native": adapter.vl3fast_to_native_key, "official": adapter.vl3fast_to_official_key}.get(fmt)
-        if rename is None:
+        official trust_remote_code layout (spec F).  Both load back with ``from_pretrained``.
+
+        Atomic: written into a temporary folder beside ``directory``, then renamed into place, so a failed or
+        killed save never leaves a half-written or mixed checkpoint (`checkpoint.atomic_directory`)."""
+        if fmt not in ("native", "official"):
             raise ValueError(f"unknown checkpoint format {fmt!r}; supported: 'native', 'official'")
-        os.makedirs(directory, exist_ok=True)
+        with checkpoint.atomic_directory(directory) as tmp:
+            self._write_checkpoint(tmp, max_shard_bytes, fmt)
+
+    def _write_checkpoint(self, directory: str, max_shard_bytes: int, fmt: str) -> None:
+        rename = {"native": adapter.vl3fast_to_native_key, "official": adapter.vl3fast_to_official_key}[fmt]
         cfg = self.config.to_dict(fmt)
         cfg["dtype"] = str(self.dtype).removeprefix("torch.")
         tensors = {}
