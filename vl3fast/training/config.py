@@ -325,7 +325,9 @@ def _build(cls, tree: dict, origins: dict, prefix: str, default_where: str):
     for key in tree:
         if key not in fields:
             name = prefix + str(key)
-            raise ConfigError(f"{origins.get(name, default_where)}: unknown key {name!r}; allowed under "
+            where = origins.get(name) or next((v for k, v in origins.items() if k.startswith(name + ".")),
+                                              default_where)
+            raise ConfigError(f"{where}: unknown key {name!r}; allowed under "
                               f"{prefix.rstrip('.') or 'the top level'}: {sorted(fields)}")
     kwargs = {}
     for name, f in fields.items():

@@ -161,7 +161,9 @@ class DeepSpeedEngine:
             optimizer=lambda params: make_optimizer(params, cfg),
             lr_scheduler=lambda opt: make_scheduler(opt, total_steps, cfg.train.warmup_ratio))
         self.module = self.engine.module
+        self.params = [p for g in groups for p in g["params"]]
         self.grad_norm = None
+        self._boundary_norm = None
 
     @property
     def zero_stage(self) -> int:
@@ -171,12 +173,16 @@ class DeepSpeedEngine:
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def micro_step_done(self) -> None:
-        # DeepSpeed counts micro-steps itself and updates on the accumulation boundary only
+        # DeepSpeed counts micro-steps itself and updates on the accumulation boundary only.  Without ZeRO it
+        # clips but does not keep the norm, so it is measured here (the gradients are all-reduced by now).
+        if self.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
+            self._boundary_norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params
+                                                                        if p.grad is not None]))
         self.engine.step()
 
     def step(self) -> None:
         norm = self.engine.get_global_grad_norm()
-        self.grad_norm = None if norm is None else float(norm)
+        self.grad_norm = self._boundary_norm if norm is None else float(norm)
 
     def lrs(self) -> dict[str, float]:
         return {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.engine.optimizer.param_groups)}

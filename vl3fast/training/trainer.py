@@ -46,7 +46,8 @@ class TrainingStep(nn.Module):
 class RunResult:
     run_dir: str
     summary: dict
-    records: list
+    records: list          # the JSON lines logged by this process's run (rank 0's view)
+    model: nn.Module       # the trained VideoLLaMA3ForCausalLM (under ZeRO-3 its parameters stay partitioned)
 
 
 def _seed_everything(seed: int) -> None:
@@ -211,7 +212,7 @@ def train(cfg: Config, *, resume: str | None = None, data=None, loss_fn=None) ->
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(metrics.format_summary(summary), flush=True)
-    return RunResult(run_dir, summary, records)
+    return RunResult(run_dir, summary, records, engine.module.model)
 
 
 def _check_same_config(cfg: Config, run_dir: str) -> None:
