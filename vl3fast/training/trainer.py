@@ -78,7 +78,7 @@ def train(cfg: Config, *, resume: str | None = None, data=None, loss_fn=None) ->
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     use_ds = cfg.deepspeed.enabled
-    dist = distributed.init(use_ds)
+    dist = distributed.from_env()  # the process group is joined after the checks (bad input fails fast)
     run_dir = os.path.abspath(cfg.run.out)
 
     # ---- checks before anything is written ------------------------------------------------------------------
@@ -99,6 +99,7 @@ def train(cfg: Config, *, resume: str | None = None, data=None, loss_fn=None) ->
         from .recipe_data import default_loss_fn
 
         loss_fn = default_loss_fn()
+    dist = distributed.init(use_ds)
     steps_total = data.steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps is not None:
         steps_total = min(steps_total, cfg.train.max_steps)
