@@ -241,7 +241,10 @@ class VideoLLaMA3ForCausalLM(nn.Module):
         """
         directory = checkpoint.resolve_directory(path_or_repo_id)
         raw = checkpoint.read_config(directory)
-        config = VideoLLaMA3Config.from_dict(raw)
+        try:
+            config = VideoLLaMA3Config.from_dict(raw)
+        except (TypeError, ValueError) as err:  # name the file: the message names the field
+            raise type(err)(f"{os.path.join(directory, 'config.json')!r}: {err}") from err
         dtype = _resolve_dtype(dtype, raw)
         device = torch.device(device or "cpu")
         files = checkpoint.weight_files(directory)
@@ -289,8 +292,14 @@ class VideoLLaMA3ForCausalLM(nn.Module):
 
     def save_pretrained(self, directory: str, *, max_shard_bytes: int = 5 * 1024**3) -> None:
         """Writes the transformers-native format (config.json + safetensors), which transformers'
-        VideoLlama3ForConditionalGeneration.from_pretrained loads."""
-        os.makedirs(directory, exist_ok=True)
+        VideoLlama3ForConditionalGeneration.from_pretrained loads.
+
+        Atomic: written into a temporary folder beside ``directory``, then renamed into place, so a failed or
+        killed save never leaves a half-written or mixed checkpoint (`checkpoint.atomic_directory`)."""
+        with checkpoint.atomic_directory(directory) as tmp:
+            self._write_checkpoint(tmp, max_shard_bytes)
+
+    def _write_checkpoint(self, directory: str, max_shard_bytes: int) -> None:
         cfg = self.config.to_dict("native")
         cfg["dtype"] = str(self.dtype).removeprefix("torch.")
         # tied lm_head left out: transformers re-ties it from the config
