@@ -106,7 +106,7 @@ class _GlobalBatch:
         from vl3fast.training.recipe_data import StepData
 
         self.parts = [StepData(lo, 1) for lo in loaders]
-        self.steps_per_epoch = self.parts[0].steps_per_epoch
+        self.micro_steps_per_epoch = 2 * self.parts[0].micro_steps_per_epoch
         self.batch_stats = StepData.batch_stats
 
     def next_step(self):
