@@ -171,3 +171,41 @@ def packed_batch(padded: dict) -> dict:
     if "mm_token_type_ids" in padded:
         packed["mm_token_type_ids"] = padded["mm_token_type_ids"][keep][None]
     return packed
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """Samples for transformers.Trainer: each item is (index, Sample); the collators build the tensors."""
+
+    def __init__(self, samples):
+        self.samples = list(samples)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return i, self.samples[i]
+
+
+def trainer_samples(n: int = 10) -> list:
+    """Varied conversations: one or two images of different sizes, a video, text only."""
+    kinds = [[("image", (1, 4, 6))], [("image", (1, 8, 8)), ("image", (1, 2, 4))], [("video", (2, 4, 4))],
+             [], [("image", (1, 6, 2))]]
+    return [Sample(kinds[i % len(kinds)], text=3 + i % 4) for i in range(n)]
+
+
+class PaddedCollator:
+    """What a stock run feeds transformers: a right-padded batch with an attention mask."""
+
+    def __init__(self, family, model_config):
+        self.family, self.config = family, model_config
+
+    def __call__(self, items):
+        seed = sum(i * 7919 for i, _ in items)  # the same pixels and tokens for a sample set, whatever collates it
+        return padded_batch(self.family, self.config, [s for _, s in items], seed=seed)
+
+
+class PackedCollator(PaddedCollator):
+    """The same samples as one packed row (position_ids restarting per sample, no attention mask)."""
+
+    def __call__(self, items):
+        return packed_batch(super().__call__(items))
