@@ -1,4 +1,8 @@
-"""Training VideoLLaMA3 with vl3fast: annotations, validation, token-budget packing, the packed training forward.
+"""Training VideoLLaMA3 with vl3fast.
+
+The recipe side (configs, stage freezing, DeepSpeed engine, checkpoints with exact resume, export, LoRA:
+`config.py`, `modules.py`, `engine.py`, `trainer.py`, `checkpoint.py`, `export.py`, `cli.py`, `recipe_data.py`) drives
+the data and model side below: annotations, validation, token-budget packing, the packed training forward.
 
 API (stable; training/README.md shows it end to end):
 

@@ -290,20 +290,23 @@ class VideoLLaMA3ForCausalLM(nn.Module):
             model.language_model.generation_config = GenerationConfig.from_pretrained(directory)
         return model.eval()
 
-    def save_pretrained(self, directory: str, *, max_shard_bytes: int = 5 * 1024**3) -> None:
-        """Writes the transformers-native format (config.json + safetensors), which transformers'
-        VideoLlama3ForConditionalGeneration.from_pretrained loads.
+    def save_pretrained(self, directory: str, *, max_shard_bytes: int = 5 * 1024**3, fmt: str = "native") -> None:
+        """Writes config.json + safetensors in the transformers-native format (transformers'
+        VideoLlama3ForConditionalGeneration.from_pretrained loads it) or, with ``fmt="official"``, in the
+        official trust_remote_code layout (spec F).  Both load back with ``from_pretrained``.
 
         Atomic: written into a temporary folder beside ``directory``, then renamed into place, so a failed or
         killed save never leaves a half-written or mixed checkpoint (`checkpoint.atomic_directory`)."""
+        if fmt not in ("native", "official"):
+            raise ValueError(f"unknown checkpoint format {fmt!r}; supported: 'native', 'official'")
         with checkpoint.atomic_directory(directory) as tmp:
-            self._write_checkpoint(tmp, max_shard_bytes)
+            self._write_checkpoint(tmp, max_shard_bytes, fmt)
 
-    def _write_checkpoint(self, directory: str, max_shard_bytes: int) -> None:
-        cfg = self.config.to_dict("native")
+    def _write_checkpoint(self, directory: str, max_shard_bytes: int, fmt: str) -> None:
+        cfg = self.config.to_dict(fmt)
         cfg["dtype"] = str(self.dtype).removeprefix("torch.")
         # tied lm_head left out: transformers re-ties it from the config
-        tensors = adapter.export_tensors(self.state_dict(), "native", patch_size=self.config.vision.patch_size,
+        tensors = adapter.export_tensors(self.state_dict(), fmt, patch_size=self.config.vision.patch_size,
                                          num_channels=self.config.vision.num_channels,
                                          tie_word_embeddings=self.config.tie_word_embeddings)
         checkpoint.save_safetensors(tensors, directory, max_shard_bytes)
