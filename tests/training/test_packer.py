@@ -55,10 +55,14 @@ def test_plan_is_a_pure_function_of_seed_epoch_lengths():
     assert a == pack_epoch(lens, seed=7, epoch=2, world_size=4, **KW)
     assert a.steps != pack_epoch(lens, seed=7, epoch=3, world_size=4, **KW).steps
     assert a.steps != pack_epoch(lens, seed=8, epoch=2, world_size=4, **KW).steps
-    # another process, another hash seed: the same plan
-    code = ("import json,sys; sys.path.insert(0, %r); from tests.training.test_packer import lengths, KW;"
-            "from vl3fast.training import pack_epoch;"
-            "print(json.dumps(pack_epoch(lengths(), seed=7, epoch=2, world_size=4, **KW).steps))") % os.getcwd()
+    # another process, another hash seed: the same plan (packer.py loaded alone: it needs no torch)
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "vl3fast", "training", "packer.py")
+    code = ("import importlib.util, json, random, sys\n"
+            f"spec = importlib.util.spec_from_file_location('packer', {path!r})\n"
+            "packer = sys.modules['packer'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(packer)\n"
+            f"lens = {[(ln.tokens, ln.patches) for ln in lens]!r}\n"
+            f"print(json.dumps(packer.pack_epoch(lens, seed=7, epoch=2, world_size=4, **{KW!r}).steps))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "123"}).stdout
     assert json.loads(out) == json.loads(json.dumps(a.steps))

@@ -1,4 +1,8 @@
-"""Training VideoLLaMA3 with vl3fast: annotations, validation, token-budget packing, the packed training forward.
+"""Training VideoLLaMA3 with vl3fast.
+
+The recipe side (configs, stage freezing, DeepSpeed engine, checkpoints with exact resume, export, LoRA:
+`config.py`, `modules.py`, `engine.py`, `trainer.py`, `checkpoint.py`, `export.py`, `cli.py`, `recipe_data.py`) drives
+the data and model side below: annotations, validation, token-budget packing, the packed training forward.
 
 API (stable; training/README.md shows it end to end):
 
@@ -34,17 +38,6 @@ Model side (vl3fast.models.videollama3): `VideoLLaMA3ForCausalLM.forward(packed=
 one vision-encoder call, a x0 dummy item on media-less batches, lm_head on supervised rows only;
 `gradient_checkpointing_enable()`; `state_dict_adapter.export_tensors(named_tensors, fmt)` splits the fused
 qkv for checkpoints written from `named_parameters` (ZeRO-3 consolidated saves bypass state-dict hooks).
-
-Recipe side (`vl3fast train`, `vl3fast ckpt export`; training/README.md "Running the recipe"):
-    config.py       YAML configs with `inherit:`, `--set a.b=c`, schema errors naming key and file, resolved.yaml
-    modules.py      stage freezing, per-module parameter groups (lr null = frozen), peft LoRA
-    engine.py       AdamW + cosine/warm-up, DeepSpeed ZeRO 0-3 or plain torch, DeepSpeed JSON checks
-    distributed.py  process group from the launcher's environment (nccl / gloo, the CPU shm-op trap skipped)
-    recipe_data.py  cfg.data -> validated annotations -> PackedLoader, grouped into optimizer steps
-    trainer.py      the run: checks, resume, steps, logging, checkpoints, summary
-    checkpoint.py   run folders, atomic checkpoints with every rank's RNG + loader state, --resume auto
-    export.py       checkpoint (any ZeRO stage) -> transformers / vl3fast / `vl3fast chat` folder, LoRA merge
-    metrics.py      metrics.jsonl, TensorBoard, progress bar, MFU, summary
 """
 from .collator import BatchMeta, NoSupervisedTokensError, PackedBatch, collate
 from .data import AnnotationError, Media, Message, Sample, load_annotations, parse_record
