@@ -5,6 +5,7 @@ tensor values run only where the values are on the host, so they never add a dev
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import torch
@@ -75,15 +76,80 @@ def check_position_values(pos_hw: torch.Tensor) -> None:
         raise ValueError(f"pos_hw: positions must be in [0, 2**24), got values in [{lo}, {hi}]")
 
 
-def check_theta(theta: float) -> None:
-    if not (isinstance(theta, (int, float)) and theta > 0 and theta != float("inf")):
-        raise ValueError(f"theta: expected a positive finite float, got {theta!r}")
+def check_real_number(name: str, value, *, allow_zero: bool = False) -> float:
+    """A finite positive (or >= 0) Python/NumPy real: never a bool, a string or a tensor (custom ops would
+    silently turn True into 1.0 and a 0-dim tensor into its value)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: expected a finite float {bound}, got {value!r}")
+    return value
+
+
+def check_theta(theta: float) -> float:
+    return check_real_number("theta", theta)
+
+
+def check_int(name: str, value, *, minimum: int = 0) -> int:
+    """A Python/NumPy integer >= minimum, never a bool or a float."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_has_values(name: str, t: torch.Tensor) -> None:
+    """Public calls need real data: a meta tensor (shape only) is refused by name (fake impls still accept it)."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name}: a meta tensor has no values; pass a CPU or CUDA tensor")
+
+
+def int_tensor_from(name: str, value, ndim: int) -> torch.Tensor:
+    """A tensor as given, or nested lists/tuples of Python ints as an int64 tensor of `ndim` dims. Floats, bools,
+    strings, None and ragged lists are refused with the argument named (torch.as_tensor would truncate 1.5)."""
+    import numbers
+
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(value)
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name}: expected a tensor or a nested list of ints, got {type(value).__name__}")
+
+    def shape_of(v, depth):
+        if depth == ndim:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name}: expected integers, got {type(v).__name__} {v!r}")
+            return ()
+        if not isinstance(v, (list, tuple)):
+            raise ValueError(f"{name}: expected {ndim} nested levels of lists, got {type(v).__name__} {v!r}")
+        shapes = {shape_of(x, depth + 1) for x in v}
+        if len(shapes) > 1:
+            raise ValueError(f"{name}: ragged nested list (rows of different lengths): {value!r}")
+        return (len(v), *(shapes.pop() if shapes else ((0,) * (ndim - depth - 1))))
+
+    shape = shape_of(value, 0)
+    return torch.tensor(value, dtype=torch.int64).reshape(shape)
 
 
 def check_grid(grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> None:
     """Shape/dtype checks of a visual grid; its values are checked by check_grid_rows() (PackedGrid)."""
     check_tensor("grid_thw", grid_thw, dtypes=INT_DTYPES, ndim=2)
     check_tensor("merge_sizes", merge_sizes, dtypes=INT_DTYPES, ndim=1)
+    check_has_values("grid_thw", grid_thw)
+    check_has_values("merge_sizes", merge_sizes)
     if grid_thw.shape[1] != 3:
         raise ValueError(f"grid_thw: expected shape [N, 3] (t, h, w per item), got {tuple(grid_thw.shape)}")
     if merge_sizes.shape[0] != grid_thw.shape[0]:

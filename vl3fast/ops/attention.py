@@ -18,6 +18,7 @@ import torch
 from .._backend import core
 from ._bridge import DTYPE_CODES, stream_of, tensor_ref
 from ._checks import (
+    check_has_values, check_int, check_real_number,
     FLOAT_DTYPES,
     HEAD_DIMS,
     HEAD_DIMS_TEXT,
@@ -232,12 +233,18 @@ def rope2d_attention(
         out `[T, H, D]` in q's dtype.  Differentiable in q, k and v (fp32 accumulation throughout; the
         gradients of q and k are with respect to the un-rotated inputs).
     """
-    if not isinstance(q, torch.Tensor):
-        raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
+    # Python-level checks first: the custom op's schema would turn True into 1.0 and reject lists unnamed.
+    for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens", cu_seqlens), ("pos_hw", pos_hw)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        check_has_values(name, t)
+    theta = check_theta(theta)
     if scale is None:
         scale = q.shape[-1] ** -0.5 if q.dim() == 3 and q.shape[-1] > 0 else 1.0
-    if max_seqlen is not None and (not isinstance(max_seqlen, int) or max_seqlen < 0):
-        raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen!r}")
+    else:
+        scale = check_real_number("scale", scale)
+    if max_seqlen is not None:
+        max_seqlen = check_int("max_seqlen", max_seqlen, minimum=1)
     out, _ = torch.ops.vl3fast.rope2d_attention(
         q, k, v, cu_seqlens, pos_hw, float(theta), float(scale), -1 if max_seqlen is None else max_seqlen
     )

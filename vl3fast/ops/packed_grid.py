@@ -28,7 +28,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from ._checks import check_grid, check_grid_rows
+from ._checks import check_grid, check_grid_rows, int_tensor_from
 
 __all__ = ["GridItem", "PackedGrid", "as_packed_grid"]
 
@@ -233,11 +233,13 @@ class PackedGrid:
 def as_grid_tensors(grid_thw, merge_sizes) -> tuple[torch.Tensor, torch.Tensor]:
     """Nested lists become int64 tensors (``[N, 3]`` and ``[N]``); tensors pass through unchanged."""
     if not isinstance(grid_thw, torch.Tensor):
-        grid_thw = torch.as_tensor(grid_thw, dtype=torch.int64).reshape(-1, 3)
+        grid_thw = int_tensor_from("grid_thw", grid_thw, 2)
+        if grid_thw.numel() == 0:
+            grid_thw = grid_thw.reshape(0, 3)
     elif grid_thw.dim() == 2 and grid_thw.shape[0] == 0:
         grid_thw = grid_thw.reshape(0, 3)
     if not isinstance(merge_sizes, torch.Tensor):
-        merge_sizes = torch.as_tensor(merge_sizes, dtype=torch.int64).reshape(-1)
+        merge_sizes = int_tensor_from("merge_sizes", merge_sizes, 1)
     return grid_thw, merge_sizes
 
 

@@ -37,7 +37,7 @@ import torch
 
 from .._backend import core
 from ._bridge import stream_of, tensor_ref
-from ._checks import FLOAT_DTYPES, check_tensor
+from ._checks import FLOAT_DTYPES, check_has_values, check_int, check_real_number, check_tensor
 from .packed_grid import PackedGrid, as_grid_tensors
 
 __all__ = [
@@ -84,19 +84,11 @@ def packed_grid_for(data_name: str, data: torch.Tensor, grid_thw, merge_sizes=No
 
 
 def _check_threshold(threshold) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"threshold: expected a float, got {type(threshold).__name__}")
-    threshold = float(threshold)
-    if math.isnan(threshold) or threshold < 0 or math.isinf(threshold):
-        raise ValueError(f"threshold: expected a finite float >= 0, got {threshold!r}")
-    return threshold
+    return check_real_number("threshold", threshold, allow_zero=True)
 
 
 def _check_min_tokens(min_tokens, grid: PackedGrid) -> int:
-    if isinstance(min_tokens, bool) or not isinstance(min_tokens, int):
-        raise TypeError(f"min_tokens: expected an int, got {type(min_tokens).__name__}")
-    if min_tokens < 0:
-        raise ValueError(f"min_tokens: expected >= 0, got {min_tokens}")
+    min_tokens = check_int("min_tokens", min_tokens)
     for i, it in enumerate(grid.items):
         if it.is_video and min_tokens > it.tokens_per_frame:
             raise ValueError(
@@ -148,6 +140,7 @@ def _(pixel_values, item_table, num_tokens, num_frames, max_frame_tokens, thresh
 
 def _keep_mask_call(pixel_values, grid_thw, merge_sizes, threshold, min_tokens, with_diff):
     check_tensor("pixel_values", pixel_values, dtypes=FLOAT_DTYPES, ndim=2)
+    check_has_values("pixel_values", pixel_values)
     grid = packed_grid_for("pixel_values", pixel_values, grid_thw, merge_sizes)
     threshold = _check_threshold(threshold)
     min_tokens = _check_min_tokens(min_tokens, grid)
@@ -244,6 +237,7 @@ def _(keep, item_table, num_patches, num_frames):
 
 def _compact(keep, grid_thw, merge_sizes) -> tuple[KeepIndices, PackedGrid]:
     check_tensor("keep", keep, dtypes=(torch.bool,), ndim=1)
+    check_has_values("keep", keep)
     grid = packed_grid_for("keep", keep, grid_thw, merge_sizes)
     if keep.shape[0] != grid.num_tokens:
         raise ValueError(f"keep: {keep.shape[0]} entries, but grid_thw describes {grid.num_tokens} merged tokens")
@@ -270,11 +264,16 @@ def prune_tokens(features, keep, grid_thw, merge_sizes=None) -> PrunedTokens:
     """After the encoder (the released model's placement): ``features[keep]`` with indices and per-frame
     bounds.  ``features`` is ``[M, ...]`` in merged-token order.  One host sync, at the end (the kept
     count); none with a PackedGrid that carries this mask's counts (``with_keep``)."""
-    if not isinstance(keep, torch.Tensor) or not isinstance(features, torch.Tensor) or features.dim() < 1 \
-            or features.shape[0] != keep.shape[0]:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        rows = keep.shape[0] if isinstance(keep, torch.Tensor) else "len(keep)"
-        raise ValueError(f"features: expected [M, ...] with M = {rows} rows (one per merged token), got {shape}")
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features: expected a torch.Tensor, got {type(features).__name__}")
+    check_tensor("keep", keep, dtypes=(torch.bool,), ndim=1)
+    check_has_values("features", features)
+    grid_tokens = grid_thw.num_tokens if isinstance(grid_thw, PackedGrid) else None
+    if features.dim() < 1 or features.shape[0] != keep.shape[0]:
+        raise ValueError(f"features: expected [M, ...] with M = {keep.shape[0]} rows (one per merged token of "
+                         f"keep), got {tuple(features.shape)}")
+    if grid_tokens is not None and keep.shape[0] != grid_tokens:
+        raise ValueError(f"keep: {keep.shape[0]} entries, but the grid has {grid_tokens} merged tokens")
     if features.device != keep.device:
         raise ValueError(f"features and keep must be on one device, got {features.device} and {keep.device}")
     idx, grid = _compact(keep, grid_thw, merge_sizes)
@@ -298,6 +297,7 @@ def prune_patches(pixel_values, keep, grid_thw, merge_sizes=None) -> PrunedPatch
     (kept counts and the longest segment, read together); none with a PackedGrid that carries this
     mask's counts (``with_keep``)."""
     check_tensor("pixel_values", pixel_values, dtypes=FLOAT_DTYPES, ndim=2)
+    check_has_values("pixel_values", pixel_values)
     if isinstance(keep, torch.Tensor) and pixel_values.device != keep.device:
         raise ValueError(f"pixel_values and keep must be on one device, got {pixel_values.device} and {keep.device}")
     idx, grid = _compact(keep, grid_thw, merge_sizes)

@@ -8,6 +8,7 @@ from ..reference.rope import rope2d_inv_freq
 from ._bridge import stream_of, tensor_ref
 from ._checks import (
     FLOAT_DTYPES,
+    check_has_values,
     check_head_dim,
     check_last_dim_contiguous,
     check_position_values,
@@ -80,5 +81,10 @@ def apply_rope2d(x: torch.Tensor, pos_hw: torch.Tensor, theta: float = 10000.0) 
     in float32 (spec A).  fp32/bf16/fp16 in, same dtype out; differentiable in x.  Heads may be strided
     (e.g. a view of a fused qkv projection) as long as the last dim is contiguous.
     """
+    for name, t in (("x", x), ("pos_hw", pos_hw)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        check_has_values(name, t)
+    theta = check_theta(theta)  # before the op: its schema would turn True into 1.0
     _check(x, pos_hw, theta)  # also inside the op; here first so non-tensors get a named TypeError
-    return torch.ops.vl3fast.apply_rope2d(x, pos_hw, float(theta), False)
+    return torch.ops.vl3fast.apply_rope2d(x, pos_hw, theta, False)
