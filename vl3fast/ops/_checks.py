@@ -85,8 +85,8 @@ def check_real_number(name: str, value, *, allow_zero: bool = False) -> float:
         raise TypeError(f"{name}: expected a float, got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}: expected a finite float {bound}, got {value!r}")
+        what = "a finite float >= 0" if allow_zero else "a positive finite float"
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
     return value
 
 
@@ -108,7 +108,7 @@ def check_int(name: str, value, *, minimum: int = 0) -> int:
 def check_has_values(name: str, t: torch.Tensor) -> None:
     """Public calls need real data: a meta tensor (shape only) is refused by name (fake impls still accept it)."""
     if t.device.type == "meta":
-        raise ValueError(f"{name}: a meta tensor has no values; pass a CPU or CUDA tensor")
+        raise ValueError(f"{name}: on the meta device, which holds no values; pass a CPU or CUDA tensor")
 
 
 def int_tensor_from(name: str, value, ndim: int) -> torch.Tensor:
