@@ -2,7 +2,7 @@
 
 Environment:
   VL3FAST_CUDA=0|1      force the CUDA kernels off / on (default: on when nvcc is found)
-  VL3FAST_CUDA_ARCHS    CUDA architectures, default "80;90a"
+  VL3FAST_CUDA_ARCHS    CUDA architectures (CMake syntax); default: CMakeLists.txt's VL3FAST_CUDA_ARCHS
   VL3FAST_BUILD_DIR     CMake build directory (default build/cmake-<python tag>, kept between builds
                         so that an editable reinstall only recompiles what changed)
   VL3FAST_BUILD_JOBS    parallel compile jobs (default: ninja's choice)
@@ -43,7 +43,9 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DVL3FAST_CUDA={cuda_mode()}",
-            f"-DVL3FAST_CUDA_ARCHS={os.environ.get('VL3FAST_CUDA_ARCHS', '80;90a')}",
+            # Unset, the cached value is dropped so that CMakeLists.txt's default (the one place it is set) applies.
+            f"-DVL3FAST_CUDA_ARCHS={os.environ['VL3FAST_CUDA_ARCHS']}" if os.environ.get("VL3FAST_CUDA_ARCHS")
+            else "-UVL3FAST_CUDA_ARCHS",
             f"-DVL3FAST_VERSION={VERSION}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
