@@ -48,6 +48,22 @@ def exported_symbols(path) -> list[str]:
                 if s.name and s["st_shndx"] != "SHN_UNDEF" and s["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK")]
 
 
+def undefined_unversioned(path) -> list[tuple[str, bool]]:
+    """(name, weak) of each undefined dynamic symbol that carries no symbol version."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        versym = elf.get_section_by_name(".gnu.version")
+        dynsym = elf.get_section_by_name(".dynsym")
+        out = []
+        for i, s in enumerate(dynsym.iter_symbols()):
+            if not s.name or s["st_shndx"] != "SHN_UNDEF":
+                continue
+            index = versym.get_symbol(i)["ndx"] if versym is not None else "VER_NDX_GLOBAL"
+            if index in ("VER_NDX_LOCAL", "VER_NDX_GLOBAL"):
+                out.append((s.name, s["st_info"]["bind"] == "STB_WEAK"))
+        return out
+
+
 def version_key(version: str) -> tuple[int, ...]:
     """"GLIBC_2.27" -> (2, 27); "GLIBCXX_3.4.21" -> (3, 4, 21)."""
     return tuple(int(x) for x in re.findall(r"\d+", version.split("_", 1)[1]))
@@ -57,6 +73,12 @@ def highest(versions: set[str], prefix: str) -> str | None:
     """The highest version of one family ("GLIBC", "GLIBCXX", "CXXABI", "GCC") among versions."""
     family = [v for v in versions if v.startswith(prefix + "_") and re.fullmatch(r"[\d.]+", v[len(prefix) + 1:])]
     return max(family, key=version_key) if family else None
+
+
+def policy_glibc(tag: str) -> tuple[int, int]:
+    """"manylinux_2_28_x86_64" (or "manylinux_2_28") -> (2, 28)."""
+    major, minor = re.fullmatch(r"manylinux_(\d+)_(\d+)(_x86_64)?", tag).group(1, 2)
+    return int(major), int(minor)
 
 
 def declared_policy() -> str:

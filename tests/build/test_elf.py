@@ -12,7 +12,9 @@ import torch
 
 from vl3fast._backend import core
 
-from .elf import declared_policy, defined_versions, exported_symbols, highest, needed, policy, required_versions
+from .elf import (
+    declared_policy, defined_versions, exported_symbols, highest, needed, policy, required_versions, undefined_unversioned,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF checks: Linux only")
 
@@ -40,6 +42,14 @@ def test_symbol_versions_within_the_declared_manylinux_policy():
     assert glibc is not None and glibc in allowed["versions"], glibc
     assert glibcxx is None or glibcxx in allowed["versions"], glibcxx  # None: libstdc++ linked in (CMakeLists.txt)
     print(f"{SO.name}: highest GLIBC {glibc}, GLIBCXX {glibcxx}, policy {name}")
+
+
+def test_every_library_symbol_is_bound_to_a_version():
+    """An unversioned reference to a library symbol means it was missing from the glibc linked against
+    (the stubs of VL3FAST_GLIBC, setup.py): the module would fail to load on that glibc.  Weak references
+    and the interpreter's own symbols (resolved from the python process) are fine."""
+    loose = [name for name, weak in undefined_unversioned(SO) if not weak and not name.startswith(("Py", "_Py"))]
+    assert not loose, f"{SO.name} references {loose} without a symbol version"
 
 
 def test_openmp_versions_are_provided_by_torchs_libgomp():
