@@ -6,6 +6,7 @@ Environment:
   VL3FAST_BUILD_DIR     CMake build directory (default build/cmake-<python tag>, kept between builds
                         so that an editable reinstall only recompiles what changed)
   VL3FAST_BUILD_JOBS    parallel compile jobs (default: ninja's choice)
+  VL3FAST_PORTABLE_LINK=0  link libstdc++ dynamically (default 1: statically, see CMakeLists.txt)
   VL3FAST_GLIBC         oldest glibc _C must load on (default 2.28, manylinux_2_28); "native" links
                         against this machine's glibc.  Needs the `ziglang` package (requirements-dev.txt),
                         which makes that glibc's stub libraries; without it the native glibc is used.
@@ -95,6 +96,7 @@ class CMakeBuild(build_ext):
             else "-UVL3FAST_CUDA_ARCHS",
             f"-DVL3FAST_VERSION={VERSION}",
             f"-DVL3FAST_GLIBC_STUBS={glibc_stubs()}",
+            f"-DVL3FAST_PORTABLE_LINK={'OFF' if os.environ.get('VL3FAST_PORTABLE_LINK') == '0' else 'ON'}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
         subprocess.run(configure, check=True)
