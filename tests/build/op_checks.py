@@ -27,7 +27,7 @@ HEADS, HEAD_DIM, CHANNELS = 2, 72, 3 * 14 * 14
 
 # What each check covers; a public op missing here fails the run, so a new op cannot go unchecked.
 COVERED = {
-    "rope2d_position_ids", "apply_rope2d", "rope2d_attention", "frame_keep_mask", "frame_token_diff",
+    "rope2d_position_ids", "apply_rope2d", "rope2d_attention", "varlen_attention", "frame_keep_mask", "frame_token_diff",
     "keep_compaction", "prune_tokens", "prune_patches", "pruning_report",
 }
 
@@ -82,6 +82,17 @@ def check_attention(saved: dict, pos_hw: torch.Tensor, cu: torch.Tensor, gen: to
         for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref):
             close(f"rope2d_attention {dtype} {name}", a, b, tol)
         saved[f"rope2d_attention {dtype}"] = ours
+
+
+def check_varlen_attention(saved: dict, cu: torch.Tensor, gen: torch.Generator) -> None:
+    q, k, v = (torch.randn(int(cu[-1]), HEADS, HEAD_DIM, generator=gen) for _ in range(3))
+    dout = torch.randn(q.shape, generator=gen)
+    ours = grads(lambda a, b, c: ops.varlen_attention(a, b, c, cu), q, k, v, grad_out=dout)
+    ref = grads(lambda a, b, c: reference.packed_attention(a, b, c, cu), q.double(), k.double(), v.double(),
+                grad_out=dout.double())
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref):
+        close(f"varlen_attention {name}", a, b, 1e-4)
+    saved["varlen_attention"] = ours
 
 
 def check_pruning(saved: dict, pos_hw: torch.Tensor, gen: torch.Generator) -> None:
@@ -152,6 +163,7 @@ def main(argv: list[str]) -> None:
     pos_hw, cu = check_positions(saved)
     check_rope(saved, pos_hw, gen)
     check_attention(saved, pos_hw, cu, gen)
+    check_varlen_attention(saved, cu, gen)
     check_pruning(saved, pos_hw, gen)
     if "--save" in argv:
         torch.save(saved, argv[argv.index("--save") + 1])
