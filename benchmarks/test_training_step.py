@@ -4,7 +4,8 @@
 Reported (extra_info, and printed): tokens/s over all real tokens and over supervised tokens for both paths, the
 baseline's padding fraction, peak RSS of each path's process, and the ratios vl3fast / transformers.  Target on
 CPU (issue #12): >= 1.5x supervised tokens/s with no higher peak memory.  Each path runs in its own process (its
-own peak RSS); the two alternate for ROUNDS rounds and the per-step medians are compared.
+own peak RSS); the two alternate for ROUNDS rounds and the per-step medians are compared, in wall time and in
+process CPU time (the steadier measure on a shared machine).
 With --benchmark-disable (make test) the tiny shape runs one step per path in this process, as a smoke test of
 the code.
 """
@@ -35,13 +36,16 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     out = {}
     for path, rs in runs.items():
         step = statistics.median(s for r in rs for s in r["step_seconds"])
+        cpu = statistics.median(s for r in rs for s in r["step_cpu_seconds"])
         r0 = rs[0]
-        out[path] = {"step_s": step, "tokens_per_s": r0["tokens"] / step,
+        out[path] = {"step_s": step, "step_cpu_s": cpu, "tokens_per_s": r0["tokens"] / step,
                      "supervised_tokens_per_s": r0["supervised_tokens"] / step,
+                     "supervised_tokens_per_cpu_s": r0["supervised_tokens"] / cpu,
                      "peak_rss_gib": max(r["peak_rss_bytes"] for r in rs) / 2**30,
                      "padding_fraction": 1 - r0["tokens"] / r0["padded_tokens"]}
     v, t = out["vl3fast"], out["transformers"]
     out["ratio"] = {"supervised_tokens_per_s": v["supervised_tokens_per_s"] / t["supervised_tokens_per_s"],
+                    "supervised_tokens_per_cpu_s": v["supervised_tokens_per_cpu_s"] / t["supervised_tokens_per_cpu_s"],
                     "peak_rss": v["peak_rss_gib"] / t["peak_rss_gib"]}
     return out
 

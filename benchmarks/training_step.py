@@ -158,15 +158,16 @@ def run(path: str, shape: str, steps: int, root: Path, work=None) -> dict:
             out = model(**batch)
             out.loss.backward()
             return out.loss.detach()
-    seconds, losses = [], []
+    seconds, cpu_seconds, losses = [], [], []
     for k in range(steps + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses.append(float(step()))
         opt.step()
         opt.zero_grad(set_to_none=True)
         if k:  # the first step warms up (allocations, oneDNN primitives, Adam state)
             seconds.append(time.perf_counter() - t0)
-    return {"path": path, "shape": shape, "step_seconds": seconds, "tokens": tokens, "supervised_tokens": supervised,
+            cpu_seconds.append(time.process_time() - c0)
+    return {"path": path, "shape": shape, "step_seconds": seconds, "step_cpu_seconds": cpu_seconds, "tokens": tokens, "supervised_tokens": supervised,
             "padded_tokens": padded_tokens, "losses": losses, "threads": torch.get_num_threads(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
