@@ -83,9 +83,6 @@ class ProcessingConfig:
         """The DAMO-NLP-SG/VideoLLaMA3 inference settings: official resize rule, 16..16384 tokens."""
         return cls(**{"resize_rule": "official", **overrides})
 
-    def replace(self, **overrides) -> "ProcessingConfig":
-        return dataclasses.replace(self, **overrides)
-
 
 def resolve_config(config: ProcessingConfig | None, overrides: dict) -> ProcessingConfig:
     """`config` (or the defaults) with keyword overrides applied; unknown names raise TypeError."""
