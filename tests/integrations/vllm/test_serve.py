@@ -47,7 +47,8 @@ class Server:
             [str(vllm), "serve", ckpt, "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
              "--enforce-eager", "--max-model-len", "2048", "--max-num-seqs", "16", "--seed", "0",
              "--allowed-local-media-path", media_dir, "--allowed-media-domains", "127.0.0.1",
-             "--limit-mm-per-prompt", '{"image": 2, "video": 1}', "--served-model-name", "vl3"],
+             "--limit-mm-per-prompt", '{"image": 2, "video": 1}', "--served-model-name", "vl3",
+             "--trust-request-mm-kwargs"],  # per-request fps / max_frames / pruning
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -179,7 +180,7 @@ def test_http_and_data_urls(client, tiny, reference, media_http):
 
 
 BAD = {
-    "corrupt": (lambda m: file_url(m["corrupt"]), {}, r"video 0: .*(truncated|corrupt)"),
+    "corrupt": (lambda m: file_url(m["corrupt"]), {}, r"video 0 .*(truncated|corrupt)"),
     "missing": (lambda m: file_url(m["missing"]), {}, r"no such media file"),
     "no_frames": (lambda m: file_url(m["no_frames"]), {}, r"no frames|has no video stream"),
     "over_budget": (lambda m: file_url(m["clip"]), {"video_min_pixels": 28 * 28 * 200},

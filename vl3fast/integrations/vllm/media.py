@@ -1,11 +1,10 @@
 """Media for the vLLM plugin: where bytes come from, and keeping them for vl3fast to decode.
 
-- `VL3FastVideoLoader` ("vl3fast" in vLLM's video-loader registry, picked automatically for checkpoints
-  whose video processor is `VideoLlama3VideoProcessor`): returns the file's bytes undecoded, so the
-  processor decodes and samples them with vl3fast (per-request fps / max_frames, PyAV, seeking) instead
-  of vLLM decoding 32 frames with OpenCV first. For other checkpoints pass
-  `--media-io-kwargs '{"video": {"video_backend": "vl3fast"}}'`; without it the processor still decodes
-  the original bytes with vl3fast and the OpenCV frames are dropped.
+- `VL3FastVideoLoader` ("vl3fast" in vLLM's video-loader registry; the VideoLLaMA3 processor makes it the
+  model's default `--media-io-kwargs` video backend): returns the file's bytes undecoded, so the processor
+  decodes and samples them with vl3fast (per-request fps / max_frames, PyAV, seeking) instead of vLLM
+  decoding 32 frames with OpenCV first. With another backend chosen explicitly the processor still decodes
+  the original bytes with vl3fast and that backend's frames are dropped.
 - `VL3FastMediaConnector` ("vl3fast" in vLLM's media-connector registry, made the default while the
   plugin is loaded unless VLLM_MEDIA_CONNECTOR is set): vLLM's own HTTP/data/file connector, with
   unknown schemes and local-file problems (no `--allowed-local-media-path`, missing file) reported as

@@ -38,7 +38,7 @@ from ...processing.image import load_image
 from ...processing.processor import video_expansion
 from ...processing.resize import ItemShape, max_item_tokens, max_video_tokens, plan_sizes
 from .config import vl3_config
-from .media import EncodedVideo, make_parser
+from .media import LOADER, EncodedVideo, make_parser
 
 # Per-request settings (mm_processor_kwargs); everything else is the checkpoint's.
 REQUEST_SETTINGS = ("fps", "num_frames", "min_frames", "max_frames", "image_min_pixels", "image_max_pixels",
@@ -56,6 +56,15 @@ def _label(tenths: int) -> str:
 
 
 class VideoLLaMA3ProcessingInfo(BaseProcessingInfo):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        # Videos of this model reach the processor undecoded (media.EncodedVideo) unless the server was told
+        # otherwise: vLLM picks loaders by the checkpoint's video-processor class, which it cannot see in
+        # transformers-5 processor files or without torchvision, and would decode 32 frames with OpenCV first.
+        mm_config = ctx.model_config.multimodal_config
+        if mm_config is not None:
+            mm_config.media_io_kwargs.setdefault("video", {}).setdefault("video_backend", LOADER)
+
     @cached_property
     def vl3_config(self):
         return vl3_config(self.get_hf_config())
