@@ -84,3 +84,65 @@ def test_official_format_same_answer(tiny, proc):
         assert list(out.outputs[0].token_ids) == reference(tiny, case)["ids"]
     finally:
         del llm
+
+
+BAD = {
+    "unknown_scheme": ("ftp://127.0.0.1/clip.mp4", {}, r"unsupported media source scheme 'ftp'"),
+    "url_not_allowed": ("http://localhost:9/clip.mp4", {}, r"allowed domains"),
+    "outside_media_dir": ("/etc/hostname", {}, r"allowed-local-media-path"),
+    "missing": ("missing", {}, r"no such media file"),
+    "fps_zero": ("clip", {"fps": 0}, r"fps must be > 0"),
+    "fps_negative": ("clip", {"fps": -1.5}, r"fps must be > 0"),
+    "no_frames": ("no_frames", {}, r"no frames|has no video stream"),
+    "corrupt": ("corrupt", {}, r"video 0 .*(truncated|corrupt)"),
+    "over_budget": ("clip", {"video_min_pixels": 28 * 28 * 200}, r"visual tokens exceed max_visual_tokens=\d+"),
+    "unknown_setting": ("clip", {"fsp": 2}, r"unknown mm_processor_kwargs \['fsp'\]"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_raises_and_the_engine_keeps_working(llm, tiny, proc, name):
+    source, settings, pattern = BAD[name]
+    req = request(tiny, CASES["pruned_video"], proc)
+    req["multi_modal_data"]["video"] = tiny["media"].get(source, source)
+    if settings:
+        req["mm_processor_kwargs"] = settings
+    with pytest.raises(ValueError, match=pattern):
+        llm.generate(req, greedy(), use_tqdm=False)
+    ok = llm.generate(request(tiny, CASES["text"], proc), greedy(), use_tqdm=False)[0]
+    assert len(ok.outputs[0].token_ids) > 0
+
+
+def test_more_media_than_the_limit_raises(llm, tiny, proc):
+    req = request(tiny, CASES["pruned_video"], proc)
+    req["prompt"] = proc.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "video"}]}],
+                                             add_generation_prompt=True)
+    req["multi_modal_data"]["video"] = [tiny["media"]["clip"], tiny["media"]["short"]]
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match=r"At most 1 video"):
+        llm.generate(req, greedy(), use_tqdm=False)
+
+
+def test_placeholder_count_equals_keep_mask_and_cli(llm, tiny, proc):
+    """Each video's placeholder count == frame_keep_mask's kept count == `vl3fast tokens --pruned`."""
+    import re
+    import subprocess
+    import sys
+
+    from vl3fast import ops
+    from vl3fast.processing import preprocess_videos
+
+    for name in ("clip", "short"):
+        path = tiny["media"][name]
+        req = request(tiny, CASES["pruned_video"], proc)
+        req["multi_modal_data"]["video"] = path
+        out = llm.generate(req, greedy(), use_tqdm=False)[0]
+        placeholders = list(out.prompt_token_ids).count(proc.video_token_id)
+        vis = preprocess_videos([path], proc.config)
+        kept = int(ops.frame_keep_mask(vis.pixel_values, vis.grid_thw, vis.merge_sizes).sum())
+        cli = subprocess.run([sys.executable, "-m", "vl3fast", "tokens", path, "--model", tiny["ckpt"]["native"],
+                              "--pruned"], capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 0, cli.stderr
+        printed = int(re.search(r": (\d+) of \d+ video tokens kept", cli.stdout).group(1))
+        assert placeholders == kept == printed
