@@ -81,6 +81,7 @@ class ItemShape:
     height: int
     width: int
     num_frames: int | None = None
+    name: str | None = None  # the file (or "image 2"), named in size errors
 
     @property
     def is_video(self) -> bool:
@@ -116,6 +117,7 @@ def plan_sizes(items: Sequence[ItemShape], config: ProcessingConfig) -> list[Ite
     across the call, so all items are planned together)."""
     p = config.patch_size
     plans = []
+    num_items = 0
     if config.resize_rule == "official":
         num_items = sum(it.num_frames if it.is_video else 1 for it in items)
         merges = {config.video_merge_size if it.is_video else config.image_merge_size for it in items}
@@ -129,18 +131,24 @@ def plan_sizes(items: Sequence[ItemShape], config: ProcessingConfig) -> list[Ite
         if it.is_video and it.num_frames < 1:
             raise ValueError(f"a video needs at least one frame, got num_frames={it.num_frames}")
         m = config.video_merge_size if it.is_video else config.image_merge_size
-        factor = p * m
-        if config.resize_rule == "hf":
-            if it.is_video:
-                h, w = smart_resize(it.height, it.width, factor, config.video_min_pixels,
-                                    config.video_max_pixels // it.num_frames)
-            else:
-                h, w = smart_resize(it.height, it.width, factor, config.image_min_pixels, config.image_max_pixels)
-        else:
-            h, w = official_resize(it.height, it.width, factor, config.min_tokens, config.max_tokens, num_items)
+        try:
+            h, w = _plan_size(it, p * m, config, num_items)
+        except MediaSizeError as err:
+            if it.name is None:
+                raise
+            raise MediaSizeError(f"{it.name}: {err}") from err
         t = it.num_frames if it.is_video else 1
         plans.append(ItemPlan(h, w, (t, h // p, w // p), m))
     return plans
+
+
+def _plan_size(it: ItemShape, factor: int, config: ProcessingConfig, num_items: int) -> tuple[int, int]:
+    if config.resize_rule == "hf":
+        if it.is_video:
+            return smart_resize(it.height, it.width, factor, config.video_min_pixels,
+                                config.video_max_pixels // it.num_frames)
+        return smart_resize(it.height, it.width, factor, config.image_min_pixels, config.image_max_pixels)
+    return official_resize(it.height, it.width, factor, config.min_tokens, config.max_tokens, num_items)
 
 
 def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
