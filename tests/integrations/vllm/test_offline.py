@@ -75,17 +75,6 @@ def test_batch_of_8_equals_one_at_a_time(llm, tiny, proc):
     assert batch == alone
 
 
-def test_official_format_same_answer(tiny, proc):
-    """The official checkpoint format loads through the same weights mapper and answers identically."""
-    llm = make_llm(tiny["ckpt"]["official"], tiny["media_dir"])
-    try:
-        case = CASES["pruned_video"]
-        out = llm.generate(request(tiny, case, proc), greedy(), use_tqdm=False)[0]
-        assert list(out.outputs[0].token_ids) == reference(tiny, case)["ids"]
-    finally:
-        del llm
-
-
 BAD = {
     "unknown_scheme": ("ftp://127.0.0.1/clip.mp4", {}, r"unsupported media source scheme 'ftp'"),
     "url_not_allowed": ("http://localhost:9/clip.mp4", {}, r"allowed domains"),
