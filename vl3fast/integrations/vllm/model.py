@@ -18,6 +18,7 @@ from vllm.model_executor.models.interfaces import MultiModalEmbeddings, Supports
 from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from ... import ops
 from ...models.videollama3 import state_dict_adapter as adapter
 from ...models.videollama3.projector import Projector
 from ...models.videollama3.vision import DEFAULT_BACKEND, VisionEncoder
@@ -61,13 +62,11 @@ class VideoLLaMA3ForVLLM(nn.Module, SupportsMultiModal):
         grid = kwargs[f"{prefix}_grid_thw"].reshape(-1, 3)
         merge = kwargs[f"{prefix}_merge_sizes"].reshape(-1)
         keep = kwargs.get("video_compression_mask") if kind == "video" else None
+        keep = None if keep is None else keep.reshape(-1)
+        grid = ops.PackedGrid.from_grid(grid, merge, keep=keep)  # the host sync (the fields stay on the CPU)
         dtype = self.projector.readout[0].weight.dtype
-        x_MC = self.vision(pixels.to(dtype), grid, merge, backend=DEFAULT_BACKEND,
-                           keep_M=None if keep is None else keep.reshape(-1), prune=PRUNING)
-        tokens = (grid.prod(-1) // merge**2).tolist()
-        if keep is not None:  # kept tokens per item (host copy of the mask: no device sync)
-            tokens = [int(part.sum()) for part in keep.reshape(-1).cpu().split(tokens)]
-        return self.projector(x_MC).split(tokens)
+        x_MC = self.vision(pixels.to(dtype), backend=DEFAULT_BACKEND, keep_M=keep, prune=PRUNING, grid=grid)
+        return self.projector(x_MC).split(list(grid.tokens_per_item if keep is None else grid.kept_per_item))
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         """Item embeddings in the order of their modalities' keys (vLLM groups items by modality)."""

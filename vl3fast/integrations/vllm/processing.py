@@ -209,8 +209,8 @@ class VideoLLaMA3MultiModalProcessor(BaseMultiModalProcessor[VideoLLaMA3Processi
 
         def video_tokens(k: int) -> PromptUpdateDetails:
             item = out_mm_kwargs["video"][k]
-            t = int(item["video_grid_thw"].data[0])
-            kept = item["video_compression_mask"].data.view(t, -1).sum(1).tolist()
+            kept = ops.PackedGrid.from_grid(item["video_grid_thw"].data.view(1, 3), item["video_merge_sizes"].data.view(1),
+                                            keep=item["video_compression_mask"].data).kept_per_frame
             labels = [_label(x) for x in item["video_time_tenths"].data.tolist()]
             ids = tokenizer.encode(video_expansion(labels, kept, proc.video_token), add_special_tokens=False)
             return PromptUpdateDetails.select_token_id(ids, proc.video_token_id)
