@@ -353,7 +353,7 @@ class VideoLLaMA3Processor:
                 labels = sampled_stamps(it.frame_indices, it.video_fps)
             else:
                 labels = given_stamps(range(it.num_frames), 1)
-            video_reps.append(video_expansion(labels, [it.tokens_per_frame] * it.num_frames, self.video_token))
+            video_reps.append(video_expansion(labels, [it.tokens_per_frame] * len(labels), self.video_token))
         if text is None:
             blocks = [{"type": it.kind} for it in est.items] + [{"type": "text", "text": ""}]
             text = self.apply_chat_template([{"role": "user", "content": blocks}], add_generation_prompt=True)

@@ -27,4 +27,4 @@ def video_expansion(labels: Sequence[str], tokens_per_frame: Sequence[int], vide
     """``Time {label}s:`` + ``video_token`` x (that frame's tokens), for every frame, joined by ","."""
     if len(labels) != len(tokens_per_frame):
         raise ValueError(f"{len(labels)} timestamps for {len(tokens_per_frame)} frames")
-    return ",".join(f"Time {s}s:" + video_token * c for s, c in zip(labels, tokens_per_frame))
+    return ",".join(f"Time {s}s:" + video_token * int(c) for s, c in zip(labels, tokens_per_frame))
