@@ -12,6 +12,7 @@
 #include "cpu/attention_tiles.h"
 #include "cpu/isa.h"
 #include "cpu/positions.h"
+#include "vl3fast/attention_simple.h"
 #include "vl3fast/attention_tc.h"
 #include "vl3fast/params.h"
 #include "vl3fast/positions.h"
@@ -27,6 +28,8 @@
 
 namespace py = pybind11;
 using namespace vl3fast;
+
+void register_attention_test_bindings(py::module_& m);  // bindings_attention_test.cpp
 
 namespace {
 
@@ -119,10 +122,28 @@ void expect_thd(const TensorRef& t, const TensorRef& q, const char* name) {
 
 int attention_threads() { return omp_get_max_threads(); }
 
-// Bytes of workspace the kernel for `device_index` needs (the caller allocates it; kernels never allocate):
-// the CPU layout (cpu/attention_tiles.h) for -1, the CUDA layout (vl3fast/attention_tc.h) otherwise.
+// The attention kernel a call names (vl3fast/ops/attention.py's dispatch table decides; this only checks
+// that the name fits the device).  "" means the CPU kernel for host tensors.
+enum class AttnKernel { kCpu, kCudaTensorCore, kCudaSimple };
+AttnKernel attention_kernel(const std::string& name, int device) {
+  if (device < 0) {
+    expect(name.empty() || name == "cpu", "rope2d_attention: kernel '" + name + "' cannot run host tensors (use 'cpu')");
+    return AttnKernel::kCpu;
+  }
+  if (name == "cuda_tensor_core") return AttnKernel::kCudaTensorCore;
+  if (name == "cuda_simple") return AttnKernel::kCudaSimple;
+  throw std::invalid_argument("rope2d_attention: kernel '" + name +
+                              "' cannot run CUDA tensors (use 'cuda_tensor_core' or 'cuda_simple'; "
+                              "vl3fast.ops.attention.kernel_for picks)");
+}
+
+// Bytes of workspace the named kernel for `device_index` needs (the caller allocates it; kernels never
+// allocate): the CPU layout (cpu/attention_tiles.h) for -1, the CUDA layouts (vl3fast/attention_tc.h,
+// vl3fast/attention_simple.h) otherwise ("" on CUDA: the tensor-core one).
 int64_t rope2d_attention_workspace_bytes(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim,
-                                         bool backward, int device_index) {
+                                         bool backward, int device_index, const std::string& kernel) {
+  if (device_index >= 0 && kernel == "cuda_simple")
+    return attn_simple::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward).total;
   if (device_index >= 0) return attn_tc::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward).total;
   return cpu::attention_workspace_layout(num_tokens, num_segments, num_heads, head_dim, attention_threads(), backward)
       .total;
@@ -179,6 +200,7 @@ py::dict attn_tc_plan(const std::vector<int32_t>& cu_seqlens, int64_t num_tokens
 py::dict attn_tc_layout(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim, bool backward) {
   const attn_tc::Workspace w = attn_tc::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward);
   py::dict d;
+  d["status"] = w.status;
   d["block_start"] = w.block_start;
   d["cos_sin"] = w.cos_sin;
   d["k_rot"] = w.k_rot;
@@ -221,7 +243,7 @@ py::dict attn_tc_fragments() {
 AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
                                  const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
                                  const TensorRef& lse, const TensorRef& workspace, double scale, bool backward,
-                                 int device) {
+                                 int device, const std::string& kernel) {
   expect(q.ndim == 3, "rope2d_attention: q must be [T, H, D]");
   expect(q.strides[2] == 1, "rope2d_attention: the last dim of q must be contiguous");
   expect_thd(k, q, "k");
@@ -268,7 +290,7 @@ AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const T
   p.workspace_bytes = workspace.sizes[0];
   p.num_threads = attention_threads();
   const int64_t needed = rope2d_attention_workspace_bytes(p.num_tokens, p.num_segments, p.num_heads, p.head_dim,
-                                                          backward, device);
+                                                          backward, device, kernel);
   expect(p.workspace_bytes >= needed, "rope2d_attention: workspace too small (" + std::to_string(p.workspace_bytes) +
                                           " < " + std::to_string(needed) + " bytes)");
   return p;
@@ -285,19 +307,23 @@ void expect_cu_seqlens_values(const AttentionParams& p) {
 void rope2d_attention_forward(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
                               const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
                               const TensorRef& lse, const TensorRef& workspace, double scale, int64_t max_seqlen,
-                              uintptr_t stream) {
+                              uintptr_t stream, const std::string& kernel) {
   const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse}, "rope2d_attention");
+  const AttnKernel which = attention_kernel(kernel, device);
   AttentionParams p =
-      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, false, device);
+      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, false, device, kernel);
 #ifdef VL3FAST_WITH_CUDA
-  if (device >= 0) {  // cu_seqlens stays on the device: not read here (no sync); the kernels clamp it
+  if (device >= 0) {  // cu_seqlens stays on the device: checked there (no sync), the kernels clamp it
     expect(p.num_heads <= 65535, "rope2d_attention (CUDA): at most 65535 heads");
-    expect_vector_aligned(v, "v");
+    if (which == AttnKernel::kCudaTensorCore) expect_vector_aligned(v, "v");
     if (p.num_tokens == 0 || p.num_heads == 0) return;
-    return cuda::rope2d_attention_forward(p, max_seqlen, device, stream);
+    return cuda::rope2d_attention_forward(
+        p, max_seqlen, which == AttnKernel::kCudaSimple ? cuda::AttentionKernel::kSimple : cuda::AttentionKernel::kTensorCore,
+        device, stream);
   }
 #else
   (void)stream;
+  (void)which;
 #endif
   (void)max_seqlen;
   expect_cu_seqlens_values(p);
@@ -309,11 +335,12 @@ void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const Ten
                                const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
                                const TensorRef& lse, const TensorRef& dout, const TensorRef& dq, const TensorRef& dk,
                                const TensorRef& dv, const TensorRef& workspace, double scale, int64_t max_seqlen,
-                               uintptr_t stream) {
+                               uintptr_t stream, const std::string& kernel) {
   const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse, &dout, &dq, &dk, &dv},
                                    "rope2d_attention_backward");
+  const AttnKernel which = attention_kernel(kernel, device);
   AttentionParams p =
-      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, true, device);
+      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, true, device, kernel);
   expect_thd(dout, q, "dout");
   expect_thd(dq, q, "dq");
   expect_thd(dk, q, "dk");
@@ -333,18 +360,48 @@ void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const Ten
 #ifdef VL3FAST_WITH_CUDA
   if (device >= 0) {
     expect(p.num_heads <= 65535, "rope2d_attention_backward (CUDA): at most 65535 heads");
-    expect_vector_aligned(v, "v");
-    expect_vector_aligned(dout, "dout");
+    if (which == AttnKernel::kCudaTensorCore) {
+      expect_vector_aligned(v, "v");
+      expect_vector_aligned(dout, "dout");
+    }
     if (p.num_tokens == 0 || p.num_heads == 0) return;
-    return cuda::rope2d_attention_backward(p, max_seqlen, device, stream);
+    return cuda::rope2d_attention_backward(
+        p, max_seqlen, which == AttnKernel::kCudaSimple ? cuda::AttentionKernel::kSimple : cuda::AttentionKernel::kTensorCore,
+        device, stream);
   }
 #else
   (void)stream;
+  (void)which;
 #endif
   (void)max_seqlen;
   expect_cu_seqlens_values(p);
   if (p.num_tokens == 0 || p.num_heads == 0) return;
   cpu::kernels().rope2d_attention_backward(p);
+}
+
+// Test only (vl3fast/ops/_attention_stages.py): the tensor-core pre-passes alone on CUDA tensors, so a
+// failure can be placed in the pre-pass or in the main kernel.
+void attn_tc_prepass(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
+                     const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out, const TensorRef& lse,
+                     const TensorRef& dout, const TensorRef& workspace, double scale, int64_t max_seqlen, bool backward,
+                     uintptr_t stream) {
+  const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse, &dout}, "_attn_tc_prepass");
+  expect(device >= 0, "_attn_tc_prepass: CUDA tensors only");
+  AttentionParams p = attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, backward,
+                                       device, "cuda_tensor_core");
+  expect_thd(dout, q, "dout");
+  p.dout = dout.data;
+  p.dout_stride_token = dout.strides[0];
+  p.dout_stride_head = dout.strides[1];
+#ifdef VL3FAST_WITH_CUDA
+  expect_vector_aligned(v, "v");
+  expect_vector_aligned(dout, "dout");
+  cuda::rope2d_attention_prepass(p, max_seqlen, backward, device, stream);
+#else
+  (void)p;
+  (void)max_seqlen;
+  (void)stream;
+#endif
 }
 
 void check_prune_table(const TensorRef& item_table) {
@@ -515,7 +572,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("inverse"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
   m.def("rope2d_attention_workspace_bytes", &rope2d_attention_workspace_bytes, py::arg("num_tokens"),
         py::arg("num_segments"), py::arg("num_heads"), py::arg("head_dim"), py::arg("backward"),
-        py::arg("device_index") = -1,
+        py::arg("device_index") = -1, py::arg("kernel") = "",
         "Bytes of uint8 workspace rope2d_attention_forward/backward need (CPU: with the current thread count).");
   m.def("attention_cuda_configs", &attention_cuda_configs,
         "The CUDA attention kernel's supported dtype codes and head dims (declared once in attention_tc.h).");
@@ -527,11 +584,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("rope2d_attention_forward", &rope2d_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
         py::arg("workspace"), py::arg("scale"), py::arg("max_seqlen") = -1, py::arg("stream") = 0,
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("kernel") = "", py::call_guard<py::gil_scoped_release>());
   m.def("rope2d_attention_backward", &rope2d_attention_backward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
         py::arg("dout"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("workspace"), py::arg("scale"),
-        py::arg("max_seqlen") = -1, py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+        py::arg("max_seqlen") = -1, py::arg("stream") = 0, py::arg("kernel") = "",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("_attn_tc_prepass", &attn_tc_prepass, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens"),
+        py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"), py::arg("dout"),
+        py::arg("workspace"), py::arg("scale"), py::arg("max_seqlen"), py::arg("backward"), py::arg("stream") = 0,
+        py::call_guard<py::gil_scoped_release>(),
+        "Test only: the CUDA tensor-core kernel's pre-passes alone, outputs left in the workspace.");
+  register_attention_test_bindings(m);
   m.def("frame_keep_mask", &frame_keep_mask, py::arg("pixels"), py::arg("item_table"), py::arg("keep"), py::arg("diff"),
         py::arg("num_frames"), py::arg("max_frame_tokens"), py::arg("threshold"), py::arg("min_tokens"), py::arg("sum_lanes"), py::arg("write_diff"),
         py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
