@@ -18,11 +18,13 @@ from .pruning import (
     pruning_report,
 )
 from .rope2d import apply_rope2d
+from .varlen import varlen_attention
 
 __all__ = [
     "rope2d_position_ids",
     "apply_rope2d",
     "rope2d_attention",
+    "varlen_attention",
     "frame_keep_mask",
     "frame_token_diff",
     "keep_compaction",

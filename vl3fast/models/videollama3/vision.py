@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ... import ops, reference
 from .config import VisionConfig
@@ -65,6 +66,15 @@ def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     return F.linear(x, w, layer.bias)
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose forward is `linear` above.  Every parameterised layer of the encoder is called as a
+    module, so wrappers that act in a module's own forward hooks (DeepSpeed ZeRO-3 gathers a module's
+    partitioned parameters in its pre-forward hook, not recursively) see the layer run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self)
+
+
 _QKV = ("q_proj", "k_proj", "v_proj")
 
 
@@ -77,17 +87,17 @@ class Attention(nn.Module):
         super().__init__()
         c = cfg.hidden_size
         self.num_heads, self.head_dim, self.theta = cfg.num_attention_heads, cfg.head_dim, cfg.rope_theta
-        self.qkv = nn.Linear(c, 3 * c)
-        self.out_proj = nn.Linear(c, c)
+        self.qkv = Linear(c, 3 * c)
+        self.out_proj = Linear(c, c)
         self.register_state_dict_post_hook(_split_qkv)
         self.register_load_state_dict_pre_hook(_fuse_qkv)
 
     def forward(self, x_PC, cu_seqlens, pos_hw, max_seqlen: int, backend: str):
         # [P, 3C] -> three strided [P, H, D] views (token stride 3C, last dim contiguous): the op takes them as is.
-        q_PHD, k_PHD, v_PHD = linear(x_PC, self.qkv).view(x_PC.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
+        q_PHD, k_PHD, v_PHD = self.qkv(x_PC).view(x_PC.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
         o_PHD = rope2d_attention(backend, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=self.theta,
                                  max_seqlen=max_seqlen)
-        return linear(o_PHD.reshape(x_PC.shape), self.out_proj)
+        return self.out_proj(o_PHD.reshape(x_PC.shape))
 
 
 def _split_qkv(module, state_dict, prefix, local_metadata) -> None:
@@ -107,17 +117,17 @@ def _fuse_qkv(module, state_dict, prefix, local_metadata, strict, missing_keys, 
 class MLP(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x_PC):
-        h_PI = linear(x_PC, self.fc1)
+        h_PI = self.fc1(x_PC)
         # in place when no gradient is recorded: saves a fresh [P, 4304] buffer (page faults + a write pass)
         if _records_grad(h_PI):
             h_PI = F.gelu(h_PI, approximate="tanh")
         else:
             h_PI = torch.ops.aten.gelu_(h_PI, approximate="tanh")
-        return linear(h_PI, self.fc2)
+        return self.fc2(h_PI)
 
 
 class EncoderLayer(nn.Module):
@@ -173,22 +183,29 @@ class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = nn.Linear(cfg.patch_dim, cfg.hidden_size)
+        self.patch_embed = Linear(cfg.patch_dim, cfg.hidden_size)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        # recompute each layer in backward instead of keeping its activations (training memory)
+        self.gradient_checkpointing = False
 
     def encode(self, pixel_values_PK, cu_seqlens, pos_hw, max_seqlen: int, backend: str) -> torch.Tensor:
         """Packed patches -> post-LN features ``[P, C]`` (no downsample)."""
         if pixel_values_PK.shape[-1] != self.cfg.patch_dim:
             raise ValueError(f"pixel_values must have {self.cfg.patch_dim} values per patch, "
                              f"got shape {tuple(pixel_values_PK.shape)}")
-        x_PC = linear(pixel_values_PK.to(self.patch_embed.weight.dtype), self.patch_embed)
+        x_PC = self.patch_embed(pixel_values_PK.to(self.patch_embed.weight.dtype))
+        checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x_PC = layer(x_PC, cu_seqlens, pos_hw, max_seqlen, backend)
+            if checkpointed:
+                x_PC = torch.utils.checkpoint.checkpoint(layer, x_PC, cu_seqlens, pos_hw, max_seqlen, backend,
+                                                         use_reentrant=False)
+            else:
+                x_PC = layer(x_PC, cu_seqlens, pos_hw, max_seqlen, backend)
         return self.post_layernorm(x_PC)
 
     def forward(self, pixel_values_PK, grid_thw, merge_sizes, *, backend: str = "vl3fast",
-                keep_M: torch.Tensor | None = None, prune: str = "before") -> torch.Tensor:
+                keep_M: torch.Tensor | None = None, prune: str = "before", host: tuple | None = None) -> torch.Tensor:
         """Features ``[M, C]`` of the merged tokens of every item, in item order.
 
         keep_M: optional ``[M]`` frame-pruning mask (True = keep); only kept tokens are returned.
@@ -197,6 +214,8 @@ class VisionEncoder(nn.Module):
         the downsample (what transformers does).
         One host sync: a single ``.tolist()`` of grid, merge sizes (and keep_M when given); positions, segment
         boundaries and the kept-row indices (``nonzero_static`` with the host count) are built without another.
+        host: ``(grid rows, merge sizes, keep list or None)`` already on the host (a training batch's sizes):
+        then there is no sync at all.
         """
         if prune not in ("before", "after"):
             raise ValueError(f"prune must be 'before' or 'after', got {prune!r}")
@@ -204,10 +223,15 @@ class VisionEncoder(nn.Module):
         if merge_sizes.shape != (n,):
             raise ValueError(f"merge_sizes must have shape ({n},) to match grid_thw {tuple(grid_thw.shape)}, "
                              f"got {tuple(merge_sizes.shape)}")
-        parts = [grid_thw.reshape(-1).long(), merge_sizes.long()]
-        if keep_M is not None:
-            parts.append(keep_M.reshape(-1).long())
-        host = torch.cat([p.to(grid_thw.device) for p in parts]).tolist()  # the one sync
+        if host is None:
+            parts = [grid_thw.reshape(-1).long(), merge_sizes.long()]
+            if keep_M is not None:
+                parts.append(keep_M.reshape(-1).long())
+            host = torch.cat([p.to(grid_thw.device) for p in parts]).tolist()  # the one sync
+        else:
+            host_grid, host_merges, host_keep = host
+            host = [int(v) for row in host_grid for v in row] + [int(v) for v in host_merges] + \
+                ([int(v) for v in host_keep] if keep_M is not None else [])
         grid, merges = [host[3 * i:3 * i + 3] for i in range(n)], host[3 * n:4 * n]
         for (t, h, w), m in zip(grid, merges):
             if m < 1 or h % m or w % m or min(t, h, w) < 1:
