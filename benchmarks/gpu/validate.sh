@@ -16,6 +16,8 @@ SMOKE="benchmarks/gpu/smoke.py --head-dims 72 128 --dtypes bfloat16 float16 --le
 # One small configuration for racecheck and initcheck (each instruments every shared/global access).
 SMALL="benchmarks/gpu/smoke.py --head-dims 72 --dtypes bfloat16 --lengths 1 65 130"
 PYTEST="-p no:cacheprovider --continue-on-collection-errors -q -rfE"
+# Under the sanitizers torch's caching allocator is off, so every allocation is its own checked block.
+SAN="PYTORCH_NO_CUDA_MEMORY_CACHING=1"
 
 if [ "${1:-}" = "--dry-run" ]; then
   DRY=1 OUT=OUTDIR WORK=WORKDIR TIMEOUT="-p timeout --timeout 30"
@@ -33,9 +35,9 @@ fi
 STEPS=(
   "build|130|VL3FAST_CUDA=1 VL3FAST_BUILD_JOBS=$JOBS $PY -m pip install -v --no-build-isolation --no-deps -e ."
   "smoke|35|CUDA_LAUNCH_BLOCKING=1 $PY $SMOKE --json $WORK/smoke.json"
-  "memcheck|60|compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 $PY $SMOKE"
-  "racecheck|30|compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 1 --print-limit 20 $PY $SMALL"
-  "initcheck|25|compute-sanitizer --tool initcheck --error-exitcode 1 --print-limit 20 $PY $SMALL"
+  "memcheck|60|$SAN compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 $PY $SMOKE"
+  "racecheck|30|$SAN compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 1 --print-limit 20 $PY $SMALL"
+  "initcheck|25|$SAN compute-sanitizer --tool initcheck --error-exitcode 1 --print-limit 20 $PY $SMALL"
   "tests_attention|45|$PY -m pytest $PYTEST $TIMEOUT -m cuda tests/ops/test_attention_cuda.py --junitxml=$WORK/attention.xml"
   "tests_pruning|20|$PY -m pytest $PYTEST $TIMEOUT -m cuda tests/ops/test_pruning_cuda.py tests/ops/test_pruning.py --junitxml=$WORK/pruning.xml"
   "tests_rope_positions|20|$PY -m pytest $PYTEST $TIMEOUT -m cuda tests/ops/test_rope2d.py tests/ops/test_positions.py --junitxml=$WORK/rope_positions.xml"
