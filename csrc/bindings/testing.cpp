@@ -253,7 +253,7 @@ py::dict attn_simple_layout(int64_t num_tokens, int64_t num_segments, int num_he
   d["block"] = attn_simple::kBlock;
   d["fwd_smem"] = attn_simple::fwd_smem_bytes(head_dim);
   d["bwd_smem"] = attn_simple::bwd_smem_bytes(head_dim);
-  d["max_head_dim"] = attn_simple::kMaxHeadDim;
+  d["max_head_dim"] = ::vl3fast::kMaxHeadDim;
   return d;
 }
 

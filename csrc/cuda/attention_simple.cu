@@ -323,9 +323,9 @@ void launch(Kernel kernel, const char* base, const AttnDevArgs& a, int smem, int
 }
 
 void check_head_dim(const AttentionParams& p) {
-  if (p.head_dim < 4 || p.head_dim > kMaxHeadDim || p.head_dim % 4 != 0)
-    throw std::invalid_argument("rope2d_attention (CUDA simple kernel): head dim must be a multiple of 4 in [4, " +
-                                std::to_string(kMaxHeadDim) + "], got " + std::to_string(p.head_dim));
+  if (!head_dim_supported(p.head_dim))
+    throw std::invalid_argument("rope2d_attention (CUDA simple kernel): head dim " + std::to_string(p.head_dim) +
+                                " is not a supported rope2d head dim (vl3fast/rope_math.h)");
 }
 
 }  // namespace

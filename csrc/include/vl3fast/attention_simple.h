@@ -16,13 +16,14 @@
 
 #include "vl3fast/attention_tc.h"
 #include "vl3fast/host_device.h"
+#include "vl3fast/rope_math.h"
 
 namespace vl3fast::attn_simple {
 
 constexpr int kThreads = 128;
 constexpr int kBlock = 16;         // queries per forward / dQ CTA tile; keys per key tile and per dK/dV CTA
-constexpr int kMaxHeadDim = 256;   // the CPU kernel's limit
-constexpr int kOwned = kBlock * kMaxHeadDim / kThreads;  // accumulator elements per thread (registers)
+// Accumulator elements per thread (registers) at the largest head dim every rope2d op takes (rope_math.h).
+constexpr int kOwned = kBlock * ::vl3fast::kMaxHeadDim / kThreads;
 
 // Shared memory (bytes) for head dim D: three fp32 [16 x D] tiles (q, k, v; the backward's dO takes the
 // forward's q slot plus one more) and the 16 x 16 score tile(s) with per-row statistics.
