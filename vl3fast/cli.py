@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--fps", type=float, default=None, help="video frames per second (default: the checkpoint's)")
     chat.add_argument("--max-frames", type=int, default=None, help="at most this many video frames")
     chat.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    chat.add_argument("--dtype", default=None, help="auto (the checkpoint's), float32 (default), bfloat16, float16")
+    chat.add_argument("--dtype", default=None,
+                      help="auto (the checkpoint's), float32, bfloat16, float16 (default: bfloat16 on CUDA, float32 on CPU)")
     chat.add_argument("--system-prompt", action="store_true", help="prepend VideoLLaMA3's default system prompt")
     chat.set_defaults(func=_chat)
 
