@@ -33,7 +33,7 @@ def _full(param: torch.nn.Parameter) -> torch.Tensor:
     return param.detach().clone()
 
 
-def train(family, tmp_path, *, swap: bool, deepspeed: dict | None = None) -> list[float]:
+def train(family, tmp_path, *, swap: bool, deepspeed: dict | None = None, encoded: bool = False) -> list[float]:
     from transformers import Trainer, TrainingArguments
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -41,7 +41,14 @@ def train(family, tmp_path, *, swap: bool, deepspeed: dict | None = None) -> lis
     # model below be built partitioned (zero.Init), so that tv.build's weights never reach it.
     unset_hf_deepspeed_config()
     model = tv.build(family)
-    collator = (tv.PackedCollator if swap else tv.PaddedCollator)(family, model.config)
+    if encoded:  # VideoLLaMA3 on vl3fast.training's EncodedSamples: its packing collator vs a padding one
+        from vl3fast.integrations.transformers_collator import VideoLlama3PackedCollator
+
+        dataset = tv.EncodedDataset(model.config, tv.trainer_samples())
+        collator = VideoLlama3PackedCollator() if swap else tv.padded_videollama3
+    else:
+        dataset = tv.SampleDataset(tv.trainer_samples())
+        collator = (tv.PackedCollator if swap else tv.PaddedCollator)(family, model.config)
     if swap:
         vl3fast.apply_vl3fast(model)  # before Trainer(...)
     args = TrainingArguments(
@@ -50,8 +57,7 @@ def train(family, tmp_path, *, swap: bool, deepspeed: dict | None = None) -> lis
         use_cpu=deepspeed is None, remove_unused_columns=False, disable_tqdm=True, seed=0, data_seed=0,
         dataloader_num_workers=0, deepspeed=deepspeed,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=tv.SampleDataset(tv.trainer_samples()),
-                      data_collator=collator)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     vision_weight = next(p for n, p in model.named_parameters() if "vis" in n and n.endswith("weight"))
     before = vision_weight.detach().clone()
     trainer.train()
@@ -70,6 +76,14 @@ def test_trainer_losses_match_stock(family, tmp_path):
     assert len(stock) == len(ours) == STEPS
     assert max(abs(a - b) for a, b in zip(stock, ours)) <= 1e-4, (stock, ours)
     assert all(isinstance(x, float) for x in stock + ours) and len(set(stock)) == STEPS
+
+
+def test_trainer_videollama3_with_the_training_packing_collator(tmp_path):
+    """vl3fast.training's collator (pruned videos, kept placeholders only) through VideoLlama3PackedCollator."""
+    stock = train("video_llama_3", tmp_path, swap=False, encoded=True)
+    ours = train("video_llama_3", tmp_path, swap=True, encoded=True)
+    assert len(stock) == len(ours) == STEPS
+    assert max(abs(a - b) for a, b in zip(stock, ours)) <= 1e-4, (stock, ours)
 
 
 DEEPSPEED_SCRIPT = textwrap.dedent("""
