@@ -120,3 +120,41 @@ def test_trainer_deepspeed_zero2_zero3_losses_match_stock(family, tmp_path):
         stock, ours = result[stage]["stock"], result[stage]["ours"]
         assert len(stock) == len(ours) == STEPS
         assert max(abs(a - b) for a, b in zip(stock, ours)) <= 1e-4, (stage, stock, ours)
+
+
+def _readme_recipe() -> str:
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(repo, "training", "README.md")) as f:
+        text = f.read()
+    section = text[text.index("## Swap vl3fast into a transformers Trainer run"):]
+    return section[section.index("```python\n") + len("```python\n"): section.index("```\n\n")]
+
+
+@pytest.mark.slow  # a subprocess that imports transformers and decodes videos; `make test` runs it
+def test_readme_recipe_runs(tmp_path):
+    """training/README.md's script, as written, fine-tunes a tiny transformers VideoLLaMA3 checkpoint."""
+    pytest.importorskip("av")
+    from tests.processing._tokenizer import save_hf_processor
+    from tests.training._fixtures import hf_model, write_annotations, write_media
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    hf_model().save_pretrained(str(ckpt))
+    save_hf_processor(ckpt, image_kwargs=dict(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 24}),
+                      video_kwargs=dict(size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 48}))
+    write_media(tmp_path / "media")
+    write_annotations(tmp_path / "train.jsonl")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = tmp_path / "finetune.py"
+    script.write_text(_readme_recipe())
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, str(script), str(ckpt), str(tmp_path / "train.jsonl"),
+                           str(tmp_path / "media"), str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "train_loss" in proc.stdout + proc.stderr
+    from transformers import VideoLlama3ForConditionalGeneration
+
+    trained = VideoLlama3ForConditionalGeneration.from_pretrained(str(out))
+    initial = VideoLlama3ForConditionalGeneration.from_pretrained(str(ckpt))
+    assert not torch.equal(trained.model.vision_model.encoder.layers[0].self_attn.q_proj.weight,
+                           initial.model.vision_model.encoder.layers[0].self_attn.q_proj.weight)

@@ -50,11 +50,11 @@ class VideoLlama3PackedCollator:
     """`Trainer(data_collator=...)`: vl3fast.training.collator.collate, then transformers_inputs.
 
     The dataset yields `vl3fast.training.encode.EncodedSample`s (e.g. `encode_sample(sample, processor,
-    data_folder)` per item).  `pad_token_id` fills the one-token row of an empty batch.
+    data_folder)` per item).  `pad_token_id` (None: 0) fills the one-token row of an empty batch.
     """
 
-    def __init__(self, *, pad_token_id: int = 0):
-        self.pad_token_id = pad_token_id
+    def __init__(self, *, pad_token_id: int | None = 0):
+        self.pad_token_id = 0 if pad_token_id is None else pad_token_id
 
     def __call__(self, samples: Sequence) -> dict:
         from ..training.collator import collate
