@@ -76,8 +76,7 @@ AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const T
   expect_thd(v, q, "v");
   expect_thd(out, q, "out");
   const int64_t head_dim = q.sizes[2];
-  expect(head_dim >= 4 && head_dim <= cpu::kAttnMaxHeadDim && head_dim % 4 == 0,
-         "rope2d_attention: head_dim must be a multiple of 4 in [4, 256], got " + std::to_string(head_dim));
+  expect_head_dim(head_dim, "rope2d_attention");
   expect_ref(cu_seqlens, "cu_seqlens", DType::kInt32, 1);
   expect(is_contiguous(cu_seqlens) && cu_seqlens.sizes[0] >= 1, "cu_seqlens: expected contiguous [S + 1]");
   expect_ref(pos_hw, "pos_hw", DType::kInt32, 2);

@@ -17,13 +17,14 @@
 #include <cstdint>
 
 #include "vl3fast/host_device.h"
+#include "vl3fast/rope_math.h"
 
 namespace vl3fast::cpu {
 
 constexpr int kAttnBlockQ = 64;      // backward query block
 constexpr int kAttnBlockK = 64;      // key block (forward and backward)
 constexpr int kAttnFwdBlockQ = 256;  // forward query block: each rotated K/V tile serves 256 queries
-constexpr int kAttnMaxHeadDim = 256;
+constexpr int kAttnMaxHeadDim = kMaxHeadDim;  // vl3fast/rope_math.h
 constexpr int kAttnVec = 16;  // floats per padded chunk (one 512-bit vector)
 
 struct AttentionWorkspaceLayout {

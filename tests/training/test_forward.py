@@ -28,14 +28,18 @@ def hf_loss_sum(hf, enc):
     return out.loss * enc.num_supervised
 
 
-@pytest.mark.parametrize("swap", [False, True], ids=["hf-attention", "vl3fast-attention"])
+@pytest.mark.parametrize("variant", ["plain", "hf-swapped", "ours-reference"])
 @pytest.mark.parametrize("kind", ["img", "vid", "multi", "text"])
-def test_equals_transformers(models, encoded, kind, swap):
+def test_equals_transformers(models, encoded, kind, variant):
+    """plain: transformers' own attention vs our fused op; hf-swapped: transformers with vl3fast's attention
+    swapped in; ours-reference: our model on the fp32-RoPE + SDPA reference attention."""
     hf, ours = models
-    if swap:
+    if variant == "hf-swapped":
         from vl3fast.integrations.transformers_videollama3 import use_vl3fast_attention
 
         use_vl3fast_attention(hf)
+    elif variant == "ours-reference":
+        ours.attn_backend = "reference"
     enc = encoded[kind]
     if kind == "vid":
         assert not bool(enc.keep_mask.all())  # a pruned video

@@ -71,3 +71,10 @@ def test_normalisation():
         global_supervised_count([0, 0])
     loss = normalised_loss(torch.tensor(14.0), 7, world_size=2, grad_accum=3)
     assert loss.item() == pytest.approx(14.0 * 6 / 7)
+
+
+def test_truncation_that_leaves_nothing_is_refused_before_any_step(samples, processor, data_dir):
+    with pytest.raises(DataError, match=r"sample 'text': truncation to max_length=30 leaves no supervised token"):
+        loader(samples, processor, data_dir, max_length=30)
+    ld = loader(samples, processor, data_dir, max_length=30, on_error="skip")
+    assert set(ld.skipped) == {"nothing left after truncation"} and "text" in ld.skipped["nothing left after truncation"]

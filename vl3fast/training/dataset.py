@@ -12,7 +12,8 @@ Before any step, every sample is checked and measured from media headers (`encod
 taken from a lengths file (`vl3fast data validate --decode --write-lengths`).  A malformed sample, a missing
 or unreadable media file or a sample over the budget raises `DataError` listing all of them
 (on_error="raise", the default), or is left out and counted by reason (on_error="skip"; `report()`,
-`skipped`).  Nothing is dropped silently.  Encoding (decoding, resizing, the DiffFP mask) runs in the
+`skipped`); so is a sample that truncation to `max_length` would leave without a supervised token or cut
+inside its visual tokens.  Nothing is dropped silently.  Encoding (decoding, resizing, the DiffFP mask) runs in the
 DataLoader workers; an error there names the sample.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 
 from .collator import PackedBatch, collate
 from .data import Sample
-from .encode import SampleLength, encode_sample, estimate_sample
+from .encode import (SampleError, SampleLength, encode_sample, estimate_sample, generation_prompt_ids,
+                     supervised_after_truncation)
 from .packer import PackPlan, pack_epoch
 
 
@@ -81,6 +83,8 @@ def _reason(exc: Exception) -> str:
         return "missing media"
     if isinstance(exc.__cause__, TokenBudgetError):
         return "over budget"
+    if "truncation to max_length" in str(exc):
+        return "nothing left after truncation"
     return "unreadable media or bad sample"
 
 
@@ -104,6 +108,7 @@ class PackedLoader:
         kept, measured, problems = [], [], []
         from tqdm import tqdm
 
+        gen_len = len(generation_prompt_ids(processor))
         bar = tqdm(samples, desc="measuring samples", unit="sample", disable=progress is False if progress is not None
                    else None, leave=False)
         for s in bar:
@@ -113,9 +118,16 @@ class PackedLoader:
                         raise ValueError(f"{s.where}: sample {s.id!r} is not in the lengths file")
                     ln = lengths[s.id]
                 else:
-                    ln = estimate_sample(s, processor, data_folder, timeout=timeout).length
+                    est = estimate_sample(s, processor, data_folder, timeout=timeout)
+                    ln = est.length
+                    if max_length is not None and ln.tokens > max_length:
+                        left, cuts_visual = supervised_after_truncation(s, est, gen_len, max_length)
+                        if cuts_visual or left == 0:
+                            raise SampleError(f"{s.where}: sample {s.id!r}: truncation to max_length={max_length} "
+                                              + ("would cut visual tokens" if cuts_visual else
+                                                 "leaves no supervised token") + f" ({ln.tokens} tokens)")
                 if max_length is not None and ln.tokens > max_length:
-                    ln = SampleLength(max_length, ln.patches)  # encode_sample truncates (or refuses) it
+                    ln = SampleLength(max_length, ln.patches)  # encode_sample truncates it
                 if ln.tokens > token_budget or (patch_budget is not None and ln.patches > patch_budget):
                     raise _OverBudget(f"{s.where}: sample {s.id!r} has {ln.tokens} tokens and {ln.patches} patches; "
                                       f"the budget is {token_budget} tokens / {patch_budget} patches per micro-batch")

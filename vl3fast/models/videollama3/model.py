@@ -20,9 +20,8 @@ from . import checkpoint
 from . import state_dict_adapter as adapter
 from .config import VideoLLaMA3Config
 from .projector import Projector
-from .vision import DEFAULT_BACKEND, VisionEncoder, check_backend
+from .vision import DEFAULT_BACKEND, DEFAULT_PRUNING, VisionEncoder, check_backend, check_pruning
 
-PRUNING_PLACEMENTS = ("after", "before")
 VISUAL_KEYS = ("pixel_values", "image_grid_thw", "image_merge_sizes", "pixel_values_videos", "video_grid_thw",
                "video_merge_sizes", "video_compression_mask")
 
@@ -33,7 +32,8 @@ def video_keep_mask(pixel_values_videos, video_grid_thw, video_merge_sizes) -> t
 
 
 class VideoLLaMA3ForCausalLM(nn.Module):
-    def __init__(self, config: VideoLLaMA3Config, *, attn_backend: str | None = None, pruning: str = "after"):
+    def __init__(self, config: VideoLLaMA3Config, *, attn_backend: str | None = None,
+                 pruning: str = DEFAULT_PRUNING):
         super().__init__()
         from transformers import Qwen2ForCausalLM
 
@@ -59,9 +59,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
 
     @pruning.setter
     def pruning(self, value: str) -> None:
-        if value not in PRUNING_PLACEMENTS:
-            raise ValueError(f"pruning must be one of {list(PRUNING_PLACEMENTS)}, got {value!r}")
-        self._pruning = value
+        self._pruning = check_pruning(value)
 
     @property
     def device(self) -> torch.device:
@@ -74,7 +72,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     # ---- vision ----------------------------------------------------------------------------------------------------
     def get_visual_features(self, pixel_values, grid_thw, merge_sizes, keep_mask=None) -> torch.Tensor:
         """Projected features ``[M, E]`` of every merged token, in item order; with ``keep_mask`` only the
-        kept ones, pruned after the encoder or before it (``self.pruning``)."""
+        kept ones, pruned after the encoder or before it (``self.pruning``, vision.PRUNING_PLACEMENTS)."""
         x_MC = self.vision(pixel_values, grid_thw, merge_sizes, backend=self.attn_backend, keep_M=keep_mask,
                            prune=self.pruning)  # one host sync in all cases
         return self.projector(x_MC)
@@ -185,9 +183,10 @@ class VideoLLaMA3ForCausalLM(nn.Module):
         meta = batch.meta
         embeds_1TE = self.language_model.get_input_embeddings()(batch.input_ids)
         keep = batch.keep_mask if not batch.dummy else None
-        host = (meta.grid_thw, meta.merge_sizes, meta.keep_list if keep is not None else None)
-        x_MC = self.vision(batch.pixel_values.to(self.dtype), batch.grid_thw, batch.merge_sizes,
-                           backend=self.attn_backend, keep_M=keep, prune=self.pruning, host=host)
+        grid = ops.PackedGrid.from_items(meta.grid_thw, meta.merge_sizes,
+                                         keep=meta.keep_list if keep is not None else None)  # host sizes: no sync
+        x_MC = self.vision(batch.pixel_values.to(self.dtype), backend=self.attn_backend, keep_M=keep,
+                           prune=self.pruning, grid=grid)
         feats_ME = self.projector(x_MC).to(embeds_1TE.dtype)
         if batch.dummy:
             embeds_1TE = embeds_1TE + feats_ME.sum() * 0.0  # the dummy's gradient path, worth nothing
@@ -232,7 +231,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_repo_id, *, dtype: torch.dtype | str | None = None, device=None,
-                        attn_backend: str | None = None, pruning: str = "after") -> "VideoLLaMA3ForCausalLM":
+                        attn_backend: str | None = None, pruning: str = DEFAULT_PRUNING) -> "VideoLLaMA3ForCausalLM":
         """Loads a local checkpoint in either format (detected from config.json's model_type).
 
         Keys, shapes and formats are checked against the model before any tensor is read; on a mismatch a

@@ -17,9 +17,14 @@ from .config import VisionConfig
 
 ATTENTION_BACKENDS = ("vl3fast", "reference")
 DEFAULT_BACKEND = "vl3fast"
+# Where frame pruning drops tokens.  "after" (the default) is the released model's semantics: every patch is
+# encoded and the pruned merged tokens are dropped after the downsample.  "before" (opt-in): pruned patches
+# never enter the encoder, and the kept ones keep their true (row, col) positions.
+PRUNING_PLACEMENTS = ("after", "before")
+DEFAULT_PRUNING = "after"
 
 
-def rope2d_attention(backend: str, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, *, theta: float, max_seqlen: int):
+def attend(backend: str, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, *, theta: float, max_seqlen: int):
     """The one place the attention backend is chosen: ``"vl3fast"`` is the fused op; ``"reference"`` is the
     fp32-RoPE + per-segment SDPA oracle (it reads cu_seqlens on the host in every call)."""
     if backend == "vl3fast":
@@ -33,6 +38,12 @@ def check_backend(backend: str) -> str:
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; supported: {list(ATTENTION_BACKENDS)}")
     return backend
+
+
+def check_pruning(placement: str) -> str:
+    if placement not in PRUNING_PLACEMENTS:
+        raise ValueError(f"pruning must be one of {list(PRUNING_PLACEMENTS)}, got {placement!r}")
+    return placement
 
 
 def _cpu_half_gemm_is_native(dtype: torch.dtype) -> bool:
@@ -95,8 +106,7 @@ class Attention(nn.Module):
     def forward(self, x_PC, cu_seqlens, pos_hw, max_seqlen: int, backend: str):
         # [P, 3C] -> three strided [P, H, D] views (token stride 3C, last dim contiguous): the op takes them as is.
         q_PHD, k_PHD, v_PHD = self.qkv(x_PC).view(x_PC.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
-        o_PHD = rope2d_attention(backend, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=self.theta,
-                                 max_seqlen=max_seqlen)
+        o_PHD = attend(backend, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=self.theta, max_seqlen=max_seqlen)
         return self.out_proj(o_PHD.reshape(x_PC.shape))
 
 
@@ -154,14 +164,14 @@ def _residual(x_PC: torch.Tensor, y_PC: torch.Tensor) -> torch.Tensor:
     return x_PC + y_PC if _records_grad(y_PC) or _records_grad(x_PC) else y_PC.add_(x_PC)
 
 
-def downsample(x_PC: torch.Tensor, tokens_per_item: list[int], merge_sizes: list[int]) -> torch.Tensor:
+def downsample_blocks(x_PC: torch.Tensor, tokens_per_item, merge_sizes) -> torch.Tensor:
     """m x m downsample of features in merge-block order -> ``[M, C]``, merged tokens in raster order.
 
     transformers resizes each frame bilinearly by 1/m (align_corners=False).  Output pixel i then samples
     the input at i*m + (m-1)/2: the centre of its own m x m block.  So each merged token is the mean of the
     block's central 1 (odd m) or 2 x 2 (even m) patches: m=1 identity, m=2 the block mean.  Working per block
-    keeps the function valid on pruned (compacted) rows, where whole blocks are missing.
-    ``tokens_per_item`` counts merged tokens per item (host ints: no sync here).
+    keeps the function valid on pruned (compacted) rows, where whole blocks are missing, which is why it takes
+    the merged tokens per item (host ints: no sync here) rather than a grid (vl3fast.reference.downsample).
     """
     chunks = x_PC.split([n * m * m for n, m in zip(tokens_per_item, merge_sizes)])
     out = []
@@ -204,77 +214,37 @@ class VisionEncoder(nn.Module):
                 x_PC = layer(x_PC, cu_seqlens, pos_hw, max_seqlen, backend)
         return self.post_layernorm(x_PC)
 
-    def forward(self, pixel_values_PK, grid_thw, merge_sizes, *, backend: str = "vl3fast",
-                keep_M: torch.Tensor | None = None, prune: str = "before", host: tuple | None = None) -> torch.Tensor:
+    def forward(self, pixel_values_PK, grid_thw=None, merge_sizes=None, *, backend: str = DEFAULT_BACKEND,
+                keep_M: torch.Tensor | None = None, prune: str = DEFAULT_PRUNING,
+                grid: ops.PackedGrid | None = None) -> torch.Tensor:
         """Features ``[M, C]`` of the merged tokens of every item, in item order.
 
-        keep_M: optional ``[M]`` frame-pruning mask (True = keep); only kept tokens are returned.
-        prune="before" (default): pruned patches never enter the encoder and the kept ones keep their true
-        (row, col) positions.  prune="after": every patch is encoded and the pruned tokens are dropped after
-        the downsample (what transformers does).
-        One host sync: a single ``.tolist()`` of grid, merge sizes (and keep_M when given); positions, segment
-        boundaries and the kept-row indices (``nonzero_static`` with the host count) are built without another.
-        host: ``(grid rows, merge sizes, keep list or None)`` already on the host (a training batch's sizes):
-        then there is no sync at all.
+        grid_thw, merge_sizes: the batch's grid (validated here), or ``grid``: its `PackedGrid`, built by the
+        caller (a training batch's host sizes).
+        keep_M: optional ``[M]`` frame-pruning mask (True = keep); only kept tokens are returned, pruned at
+        the ``prune`` placement (PRUNING_PLACEMENTS; both use the sync-free compaction ops).
+        One host sync at most: the PackedGrid reads grid, merge sizes and keep_M in one ``.tolist()`` (none
+        when ``grid`` is given with the mask's counts, ``PackedGrid.with_keep``); its host sizes then size
+        every output.
         """
-        if prune not in ("before", "after"):
-            raise ValueError(f"prune must be 'before' or 'after', got {prune!r}")
-        n = grid_thw.shape[0]
-        if merge_sizes.shape != (n,):
-            raise ValueError(f"merge_sizes must have shape ({n},) to match grid_thw {tuple(grid_thw.shape)}, "
-                             f"got {tuple(merge_sizes.shape)}")
-        if host is None:
-            parts = [grid_thw.reshape(-1).long(), merge_sizes.long()]
-            if keep_M is not None:
-                parts.append(keep_M.reshape(-1).long())
-            host = torch.cat([p.to(grid_thw.device) for p in parts]).tolist()  # the one sync
-        else:
-            host_grid, host_merges, host_keep = host
-            host = [int(v) for row in host_grid for v in row] + [int(v) for v in host_merges] + \
-                ([int(v) for v in host_keep] if keep_M is not None else [])
-        grid, merges = [host[3 * i:3 * i + 3] for i in range(n)], host[3 * n:4 * n]
-        for (t, h, w), m in zip(grid, merges):
-            if m < 1 or h % m or w % m or min(t, h, w) < 1:
-                raise ValueError(f"grid (t={t}, h={h}, w={w}) is not a positive grid divisible by merge size {m}")
-        num_patches = sum(t * h * w for t, h, w in grid)
-        if pixel_values_PK.shape[0] != num_patches:
+        check_pruning(prune)
+        keep_name = "keep mask (video_compression_mask)"
+        if grid is None:
+            grid = ops.PackedGrid.from_grid(grid_thw, merge_sizes, keep=keep_M, keep_name=keep_name)  # the one sync
+        elif keep_M is not None and grid.kept_per_frame is None:
+            grid = grid.with_keep(keep_M, keep_name=keep_name)
+        if pixel_values_PK.shape[0] != grid.num_patches:
             raise ValueError(f"pixel_values has {pixel_values_PK.shape[0]} patches but the grid describes "
-                             f"{num_patches} (sum of t*h*w over {grid})")
+                             f"{grid.num_patches} (sum of t*h*w over {[list(g) for g in grid.grid_thw]})")
         device = pixel_values_PK.device
-        frame_tokens = [(h // m) * (w // m) for (t, h, w), m in zip(grid, merges) for _ in range(t)]
-        keep = host[4 * n:]
-        if keep_M is not None and len(keep) != sum(frame_tokens):
-            raise ValueError(f"keep mask (video_compression_mask) has {len(keep)} entries but the grid has "
-                             f"{sum(frame_tokens)} merged tokens")
-        pos_hw, cu_seqlens = ops.rope2d_position_ids(grid, merges)  # host lists in: no device read
-        pos_hw, cu_seqlens = pos_hw.to(device, non_blocking=True), cu_seqlens.to(device, non_blocking=True)
+        if keep_M is not None:
+            keep_M = keep_M.reshape(-1).to(device=device, dtype=torch.bool)
         if keep_M is None or prune == "after":
-            x_PC = self.encode(pixel_values_PK, cu_seqlens, pos_hw, max((h * w for _, h, w in grid), default=0),
-                               backend)
-            x_MC = downsample(x_PC, [t * (h // m) * (w // m) for (t, h, w), m in zip(grid, merges)], merges)
-            if keep_M is None:
-                return x_MC
-            # pruning drops tokens only from the LLM input (spec C); the kept count is known on the host
-            index = torch.nonzero_static(keep_M.reshape(-1).to(device), size=sum(map(bool, keep))).squeeze(1)
-            return x_MC.index_select(0, index)
-
-        # Kept merged tokens per frame and per item, from the host copy of the mask.
-        frame_merge = [m for (t, _, _), m in zip(grid, merges) for _ in range(t)]
-        kept, start = [], 0
-        for count in frame_tokens:
-            kept.append(sum(map(bool, keep[start:start + count])))
-            start += count
-        frame_patches = [k * m * m for k, m in zip(kept, frame_merge)]
-        # A merged token's m*m patches are contiguous rows, so expanding the mask by m*m selects whole blocks.
-        reps_M = torch.repeat_interleave(torch.tensor(frame_merge) ** 2, torch.tensor(frame_tokens),
-                                         output_size=sum(frame_tokens))
-        keep_P = keep_M.reshape(-1).to(device).repeat_interleave(reps_M.to(device), output_size=num_patches)
-        index = torch.nonzero_static(keep_P, size=sum(frame_patches)).squeeze(1)
-        cu_kept = torch.tensor([0] + frame_patches).cumsum(0).to(device=device, dtype=torch.int32)
-        x_PC = self.encode(pixel_values_PK[index], cu_kept, pos_hw[index], max(frame_patches, default=0), backend)
-        item_tokens, start = [], 0
-        for t, _, _ in grid:
-            item_tokens.append(sum(kept[start:start + t]))
-            start += t
-        return downsample(x_PC, item_tokens, merges)
-
+            pos_hw, cu_seqlens = ops.rope2d_position_ids(grid, device=device)
+            x_PC = self.encode(pixel_values_PK, cu_seqlens, pos_hw, grid.max_frame_patches, backend)
+            x_MC = downsample_blocks(x_PC, grid.tokens_per_item, grid.merge_sizes)
+            # pruning after the encoder drops tokens only from the LLM input (spec C)
+            return x_MC if keep_M is None else ops.prune_tokens(x_MC, keep_M, grid).features
+        kept = ops.prune_patches(pixel_values_PK, keep_M, grid)
+        x_PC = self.encode(kept.pixel_values, kept.cu_seqlens, kept.pos_hw, kept.max_seqlen, backend)
+        return downsample_blocks(x_PC, grid.kept_per_item, grid.merge_sizes)
