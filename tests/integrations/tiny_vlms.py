@@ -44,12 +44,14 @@ def config(family: str, vision_layers: int = 2):
                                window_size=56, fullatt_block_indexes=[vision_layers - 1]),
             text_config=dict(TEXT, rope_parameters=MROPE, **TEXT_IDS), **qwen_ids,
         )
-    if family == "qwen3_vl":
-        return tf.Qwen3VLConfig(
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        moe = dict(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2) if family == "qwen3_vl_moe" else {}
+        return (tf.Qwen3VLMoeConfig if moe else tf.Qwen3VLConfig)(
             vision_config=dict(depth=vision_layers, hidden_size=144, num_heads=2, intermediate_size=96,
                                out_hidden_size=64, spatial_merge_size=2, patch_size=16, temporal_patch_size=2,
                                num_position_embeddings=64, deepstack_visual_indexes=[0]),
-            text_config=dict(TEXT, head_dim=16, rope_parameters=dict(MROPE, mrope_interleaved=True), **TEXT_IDS), **qwen_ids,
+            text_config=dict(TEXT, head_dim=16, rope_parameters=dict(MROPE, mrope_interleaved=True), **TEXT_IDS, **moe),
+            **qwen_ids,
         )
     raise ValueError(family)
 
@@ -59,7 +61,8 @@ def build(family: str, seed: int = 0, vision_layers: int = 2, dtype=torch.float3
     import transformers as tf
 
     cls = {"video_llama_3": tf.VideoLlama3ForConditionalGeneration, "qwen2_vl": tf.Qwen2VLForConditionalGeneration,
-           "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "qwen3_vl": tf.Qwen3VLForConditionalGeneration}[family]
+           "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "qwen3_vl": tf.Qwen3VLForConditionalGeneration,
+           "qwen3_vl_moe": tf.Qwen3VLMoeForConditionalGeneration}[family]
     cfg = config(family, vision_layers)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
@@ -96,7 +99,7 @@ def _runs(family, kind, grid):
     """Placeholder runs for one media item: Qwen3-VL separates a video's frames by timestamp text."""
     t, h, w = grid
     per_frame = h * w // _merge(family, kind) ** 2
-    if family == "qwen3_vl" and kind == "video":
+    if family.startswith("qwen3_vl") and kind == "video":
         return [per_frame] * t
     return [t * per_frame]
 
