@@ -56,6 +56,12 @@ def given_stamps(frames_indices, fps: float) -> list[str]:
     return [f"{idx / fps:.1f}" for idx in frames_indices]
 
 
+def video_expansion(labels, kept_per_frame, video_token: str) -> str:
+    """The text one video placeholder becomes (transformers' `replace_video_token`): per frame
+    `Time {label}s:` and that frame's kept video tokens, frames joined by ","."""
+    return ",".join(f"Time {s}s:" + video_token * int(c) for s, c in zip(labels, kept_per_frame))
+
+
 def _flatten(items, is_item) -> list:
     """Nested lists (batched inputs) flattened in order down to what `is_item` accepts."""
     if items is None:
@@ -257,7 +263,7 @@ class VideoLLaMA3Processor:
             labels = labelers[k](vis, k)
             if len(labels) != t:
                 raise ValueError(f"video {k}: {len(labels)} timestamps for {t} frames")
-            out.append(",".join(f"Time {s}s:" + self.video_token * c for s, c in zip(labels, kept)))
+            out.append(video_expansion(labels, kept, self.video_token))
         return out
 
     def expand_placeholders(self, texts: list[str], image_reps: list[str], video_reps: list[str]) -> list[str]:
@@ -367,7 +373,7 @@ class VideoLLaMA3Processor:
                 labels = sampled_stamps(it.frame_indices, it.video_fps)
             else:
                 labels = given_stamps(range(it.num_frames), 1)
-            video_reps.append(",".join(f"Time {s}s:" + self.video_token * it.tokens_per_frame for s in labels))
+            video_reps.append(video_expansion(labels, [it.tokens_per_frame] * len(labels), self.video_token))
         if text is None:
             blocks = [{"type": it.kind} for it in est.items] + [{"type": "text", "text": ""}]
             text = self.apply_chat_template([{"role": "user", "content": blocks}], add_generation_prompt=True)
