@@ -45,6 +45,7 @@
 #include <cstdint>
 
 #include "vl3fast/host_device.h"
+#include "vl3fast/table_search.h"
 
 // The supported CUDA matrix, declared once: instantiation (attention_*.cu), dispatch (the switch in
 // attention_tc_dispatch with its erroring default), and the Python-side list (core.attention_cuda_configs,
@@ -143,12 +144,7 @@ VL3FAST_HD WorkItem decode_work_item(const int32_t* block_start, const int32_t* 
                                      int64_t num_tokens, int block, int64_t w) {
   WorkItem it{-1, 0, 0, 0, 0, 0};
   if (num_segments <= 0 || w < 0 || w >= block_start[num_segments]) return it;
-  int64_t lo = 0, hi = num_segments - 1;  // invariant: block_start[lo] <= w < block_start[hi + 1]
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (block_start[mid] <= w) lo = mid;
-    else hi = mid - 1;
-  }
+  const int64_t lo = last_row_at_most(block_start, num_segments, 1, 0, w);
   const Segment seg = segment_bounds(cu_seqlens, lo, num_tokens);
   it.segment = lo;
   it.block = w - block_start[lo];
