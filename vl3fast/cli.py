@@ -54,7 +54,7 @@ def _is_image_path(path: str) -> bool:
 
 
 def _tokens(args) -> int:
-    from .processing import ProcessingConfig, TokenBudgetError, estimate_tokens
+    from .processing import ProcessingConfig, TokenBudgetError, VideoLLaMA3Processor, estimate_tokens
 
     images = [f for f in args.files if _is_image_path(f)]
     videos = [f for f in args.files if not _is_image_path(f)]  # anything else is probed as a video
@@ -66,8 +66,14 @@ def _tokens(args) -> int:
     if args.max_frames is not None:
         settings["max_frames"] = args.max_frames
     config = ProcessingConfig.official() if args.official else None
-    estimate = estimate_tokens(images=images or None, videos=videos or None, config=config, processor=args.model,
-                               text=args.prompt, **settings)
+    if args.model is not None:  # text tokens too: the processor expands and tokenizes the prompt
+        processor = VideoLLaMA3Processor.from_pretrained(args.model)
+        estimate = processor.estimate_tokens(text=args.prompt, images=images or None, videos=videos or None,
+                                             config=config, **settings)
+    elif args.prompt is not None:
+        raise ValueError("counting the prompt's tokens (--prompt) needs --model (a checkpoint with a tokenizer)")
+    else:
+        estimate = estimate_tokens(images=images or None, videos=videos or None, config=config, **settings)
     print(estimate.summary())
     total = estimate.total_tokens if estimate.total_tokens is not None else estimate.visual_tokens
     if args.pruned and videos:
@@ -164,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--fps", type=float, default=None, help="video frames per second (default: the checkpoint's)")
     chat.add_argument("--max-frames", type=int, default=None, help="at most this many video frames")
     chat.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    chat.add_argument("--dtype", default=None, help="auto (the checkpoint's), float32 (default), bfloat16, float16")
+    chat.add_argument("--dtype", default=None,
+                      help="auto (the checkpoint's), float32, bfloat16, float16 (default: bfloat16 on CUDA, float32 on CPU)")
     chat.add_argument("--system-prompt", action="store_true", help="prepend VideoLLaMA3's default system prompt")
     chat.set_defaults(func=_chat)
 

@@ -9,7 +9,7 @@ use_token_compression, on top of the checkpoint's processor files and `--mm-proc
   over-budget video is a 400 naming it, never an engine failure;
 - the DiffFP keep mask is computed here with vl3fast's bit-exact `frame_keep_mask`, and each video
   placeholder becomes exactly its kept tokens with the per-frame "Time t s:" text
-  (`processing.processor.video_expansion`), as transformers' processor writes it.
+  (`processing.prompt.video_expansion`), as transformers' processor writes it.
 
 Processed fields (per item, as vLLM batches them): pixel_values [P, 588], image_grid_thw [3],
 image_merge_sizes []; pixel_values_videos, video_grid_thw, video_merge_sizes, video_compression_mask [M]
@@ -35,7 +35,7 @@ from ...models.videollama3 import checkpoint
 from ...processing import VideoLLaMA3Processor, preprocess_images, preprocess_videos, read_processor_files
 from ...processing.errors import MediaError
 from ...processing.image import load_image
-from ...processing.processor import video_expansion
+from ...processing.prompt import video_expansion
 from ...processing.resize import ItemShape, max_item_tokens, max_video_tokens, plan_sizes
 from .config import vl3_config
 from .media import LOADER, EncodedVideo, make_parser
