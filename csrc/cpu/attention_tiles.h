@@ -51,7 +51,12 @@ VL3FAST_HD int64_t attn_thread_floats(int head_dim) {
   const int64_t dp = attn_padded_dim(head_dim);
   const int64_t fwd = (2 * kAttnFwdBlockQ + 2 * kAttnBlockK) * dp + kAttnFwdBlockQ * kAttnBlockK + 2 * kAttnFwdBlockQ + 2 * dp;
   const int64_t bwd = 6 * kAttnBlockQ * dp + 4 * kAttnBlockQ * kAttnBlockK + 2 * dp;
-  return fwd > bwd ? fwd : bwd;
+  // bf16 dot-product forward (kernels/attention_bf16.cpp): Q bf16 (256 x Dp / 2), K and V pair-packed
+  // (2 x 32 x Dp), O (256 x Dp), S with P in place (256 x 64), m and l, two fp32 rows and one bf16 row.
+  const int64_t fwd_bf16 = (kAttnFwdBlockQ / 2 + kAttnBlockK + kAttnFwdBlockQ) * dp + kAttnFwdBlockQ * kAttnBlockK +
+                           2 * kAttnFwdBlockQ + 2 * dp + dp / 2;
+  const int64_t most = fwd > bwd ? fwd : bwd;
+  return most > fwd_bf16 ? most : fwd_bf16;
 }
 
 VL3FAST_HD AttentionWorkspaceLayout attention_workspace_layout(int64_t num_tokens, int64_t num_segments, int num_heads,

@@ -22,6 +22,9 @@ bool has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 #endif
+#if defined(VL3FAST_HAVE_ISA_AVX512BF16)
+bool has_avx512bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+#endif
 
 // Lowest first; the last supported entry wins.
 const std::vector<IsaEntry>& entries() {
@@ -32,6 +35,9 @@ const std::vector<IsaEntry>& entries() {
 #endif
 #if defined(VL3FAST_HAVE_ISA_AVX512)
       {"avx512", &has_avx512, &avx512::kernel_table},
+#endif
+#if defined(VL3FAST_HAVE_ISA_AVX512BF16)
+      {"avx512bf16", &has_avx512bf16, &avx512bf16::kernel_table},
 #endif
   };
   return list;
