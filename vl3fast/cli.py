@@ -1,4 +1,4 @@
-"""The `vl3fast` command: `info`, `bench`, `tokens`, `chat`.
+"""The `vl3fast` command: `info`, `bench`, `tokens`, `chat`, `train`, `ckpt export`.
 
 Exit codes: 0 success; 1 `bench` disagreement; 2 bad input (missing or unreadable media, a token budget
 exceeded, a bad checkpoint directory), with the reason on stderr.
@@ -128,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--dtype", default=None, help="auto (the checkpoint's), float32 (default), bfloat16, float16")
     chat.add_argument("--system-prompt", action="store_true", help="prepend VideoLLaMA3's default system prompt")
     chat.set_defaults(func=_chat)
+
+    from .training import cli as training_cli  # argparse only; training imports happen when a command runs
+
+    train = sub.add_parser("train", help="run a training recipe (training/configs/*.yaml) on DeepSpeed or torch")
+    training_cli.add_train_arguments(train)
+    train.set_defaults(func=training_cli.run_train)
+    ckpt = sub.add_parser("ckpt", help="training checkpoints").add_subparsers(dest="ckpt_command", required=True)
+    export = ckpt.add_parser("export", help="a run or checkpoint -> a folder transformers and vl3fast load")
+    training_cli.add_export_arguments(export)
+    export.set_defaults(func=training_cli.run_export)
     return parser
 
 

@@ -1,4 +1,4 @@
-// Host-side entry points of the CUDA kernels.  Plain C++ (no CUDA headers), so csrc/bindings.cpp
+// Host-side entry points of the CUDA kernels.  Plain C++ (no CUDA headers), so csrc/bindings/
 // is compiled by the host compiler; `stream` is a cudaStream_t passed as an integer from Python.
 #pragma once
 #include <cstdint>

@@ -9,10 +9,10 @@
     VideoLLaMA3Processor                   text + media -> transformers' VideoLlama3Processor dict
     ProcessingConfig                       every setting; .official() for the official resize rule
 
-Pixels are resized with torchvision (bicubic, antialiased, uint8), the backend of transformers'
+Pixels are resized with torchvision's calls (bicubic, antialiased, uint8), the backend of transformers'
 default (`AutoImageProcessor`/`AutoVideoProcessor` pick the torchvision classes), so results are
-bit-identical to `VideoLlama3ImageProcessor` and `VideoLlama3VideoProcessor`.
-Needs the `media` extra: pillow, av, torchvision.
+bit-identical to `VideoLlama3ImageProcessor` and `VideoLlama3VideoProcessor`; torchvision itself is
+not imported (`resize.resize_frames`). Needs the `media` extra: pillow, av.
 """
 from .config import ProcessingConfig
 from .errors import (

@@ -11,6 +11,8 @@ Output (`VisualInputs`), the layout of spec A and of transformers' VideoLLaMA3 p
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import dataclass, field
 from typing import Sequence, Union
@@ -113,7 +115,8 @@ def preprocess_images(
         raise ValueError("no images given")
     loaded = [load_image(im) if isinstance(im, (str, os.PathLike)) else im for im in images]
     tensors = [_image_to_tensor(im) for im in loaded]
-    plans = plan_sizes([ItemShape(int(x.shape[2]), int(x.shape[3])) for x in tensors], config)
+    names = [repr(os.fspath(im)) if isinstance(im, (str, os.PathLike)) else f"image {i}" for i, im in enumerate(images)]
+    plans = plan_sizes([ItemShape(int(x.shape[2]), int(x.shape[3]), name=n) for x, n in zip(tensors, names)], config)
     _check_budget(plans, [f"image {i}" for i in range(len(plans))], max_visual_tokens)
     pixel_values = []
     for x, plan in zip(tensors, plans):
@@ -191,6 +194,7 @@ def preprocess_videos(
             names.append(f"video {i}")
             indices.append(None)
             rates.append(video_fps)
+    shapes = [dataclasses.replace(sh, name=n) for sh, n in zip(shapes, names)]
     plans = plan_sizes(shapes, config)
     _check_budget(plans, names, max_visual_tokens)
     pixel_values, timestamps = [], []

@@ -12,7 +12,7 @@ Output keys (only those of the modalities given), shapes as transformers produce
     video_grid_thw, video_merge_sizes            int64 [N_vid, 3], [N_vid]
     video_compression_mask          bool [M_vid]  (DiffFP keep mask over every merged video token)
 
-Pixels come from `preprocess_images` / `preprocess_videos` (PyAV decoding with seeking, torchvision resize,
+Pixels come from `preprocess_images` / `preprocess_videos` (PyAV decoding with seeking, torchvision's resize,
 bit-identical to transformers' torchvision processors). Each image placeholder becomes `t*h*w/m^2` image
 tokens; each video placeholder becomes `Time {t:.1f}s:` + that frame's *kept* video tokens per frame, joined
 by "," (transformers' `replace_video_token`), with the mask from `vl3fast.ops.frame_keep_mask`. Tokenization

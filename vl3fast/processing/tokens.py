@@ -143,7 +143,8 @@ def estimate_tokens(
 
     image_list = _as_list(images)
     if image_list:
-        shapes = [ItemShape(*_image_shape(im)) for im in image_list]
+        shapes = [ItemShape(*_image_shape(im), name=repr(os.fspath(im)) if isinstance(im, (str, os.PathLike))
+                            else f"image {i}") for i, im in enumerate(image_list)]
         for i, (im, sh, pl) in enumerate(zip(image_list, shapes, plan_sizes(shapes, config))):
             name = os.path.basename(os.fspath(im)) if isinstance(im, (str, os.PathLike)) else str(i)
             items.append(ItemEstimate("image", name, sh.height, sh.width, pl.resized_height, pl.resized_width,
@@ -157,7 +158,7 @@ def estimate_tokens(
                 info = v if isinstance(v, VideoInfo) else probe_video(v, timeout=timeout)
                 idx = sample_frame_indices(info.total_frames, info.fps, fps=config.sampling_fps, num_frames=config.num_frames,
                                            min_frames=config.min_frames, max_frames=config.max_frames)
-                shapes.append(ItemShape(info.height, info.width, len(idx)))
+                shapes.append(ItemShape(info.height, info.width, len(idx), name=repr(info.path)))
                 extras.append((os.path.basename(info.path), tuple(int(k) for k in idx),
                                tuple(float(k) / info.fps for k in idx)))
                 rates.append(info.fps)

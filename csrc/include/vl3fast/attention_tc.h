@@ -1,7 +1,7 @@
 // The CUDA tensor-core rope2d attention (csrc/cuda/attention_fwd.cu, attention_bwd.cu): the supported
 // dtype x head-dim list (declared once), the tile configuration with its reasons, the workspace layout,
 // and all index arithmetic as __host__ __device__ helpers, so that CPU tests (through the test-only
-// bindings `_attn_tc_*` in csrc/bindings.cpp) exercise the exact code the GPU runs and GPU time goes
+// bindings `_attn_tc_*` in csrc/bindings/testing.cpp) exercise the exact code the GPU runs and GPU time goes
 // only to fragment-level code.
 //
 // Tile configuration (all kernels: 4 warps = 128 threads per CTA):

@@ -1,5 +1,5 @@
 // Kernel parameter structs: plain data (pointers, sizes, strides in elements), the whole interface
-// between the bindings and the CPU/CUDA kernels.  Built by csrc/bindings.cpp from TensorRefs.
+// between the bindings and the CPU/CUDA kernels.  Built by csrc/bindings/*.cpp from TensorRefs.
 #pragma once
 #include <cstdint>
 

@@ -25,6 +25,52 @@ DEFAULT_IMAGE_TOKEN_ID = 151655
 DEFAULT_VIDEO_TOKEN_ID = 151656
 
 
+def _check_value(where: str, name: str, value, kind: str):
+    """One config value of the expected kind, or a TypeError/ValueError naming the field.
+
+    kinds: "pos_int" (> 0), "id" (>= 0), "opt_id" (None or >= 0), "ids" (None, an id, or a list of ids),
+    "pos_float" (> 0), "bool", "str".  bool is never accepted as a number (json `true` is not a size).
+    """
+    field_name = f"{where}.{name}" if where else name
+    def fail(cls, what):
+        raise cls(f"config field {field_name!r} must be {what}, got {value!r}")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            fail(TypeError, "a JSON boolean (true/false)")
+    elif kind == "str":
+        if not isinstance(value, str):
+            fail(TypeError, "a string")
+    elif kind == "pos_float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(TypeError, "a number")
+        if not value > 0 or value != value or value == float("inf"):
+            fail(ValueError, "a finite number > 0")
+    elif kind == "ids":
+        values = value if isinstance(value, list) else [value]
+        if value is not None:
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    fail(TypeError if not isinstance(v, int) or isinstance(v, bool) else ValueError,
+                         "null, a token id >= 0 or a list of token ids")
+    elif kind in ("pos_int", "id", "opt_id"):
+        if kind == "opt_id" and value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(TypeError, "an integer")
+        if kind == "pos_int" and value <= 0:
+            fail(ValueError, "an integer > 0")
+        if value < 0:
+            fail(ValueError, "an integer >= 0")
+    else:  # pragma: no cover - a programming error in the kinds tables below
+        raise AssertionError(kind)
+    return value
+
+
+def _check_fields(obj, where: str, kinds: dict) -> None:
+    for name, kind in kinds.items():
+        _check_value(where, name, getattr(obj, name), kind)
+
+
 @dataclass
 class VisionConfig:
     hidden_size: int = 1152
@@ -45,7 +91,12 @@ class VisionConfig:
     def patch_dim(self) -> int:
         return self.num_channels * self.patch_size * self.patch_size
 
+    _KINDS = {"hidden_size": "pos_int", "intermediate_size": "pos_int", "num_hidden_layers": "pos_int",
+              "num_attention_heads": "pos_int", "num_channels": "pos_int", "patch_size": "pos_int",
+              "hidden_act": "str", "layer_norm_eps": "pos_float", "rope_theta": "pos_float"}
+
     def __post_init__(self):
+        _check_fields(self, "vision_config", self._KINDS)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"vision hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
@@ -59,7 +110,8 @@ class VisionConfig:
         rope = d.get("rope_parameters") or {}
         if rope.get("rope_type", "axial") != "axial":
             raise ValueError(f"vision rope_type must be 'axial', got {rope.get('rope_type')!r}")
-        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        theta = _check_value("vision_config", "rope_theta", rope.get("rope_theta", d.get("rope_theta", 10000.0)),
+                             "pos_float")
         names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta"}
         return cls(**{k: d[k] for k in names if k in d}, rope_theta=float(theta))
 
@@ -91,6 +143,20 @@ class TextConfig:
     eos_token_id: int | list[int] | None = 151645
     extra: dict = field(default_factory=dict)
 
+    _KINDS = {"vocab_size": "pos_int", "hidden_size": "pos_int", "intermediate_size": "pos_int",
+              "num_hidden_layers": "pos_int", "num_attention_heads": "pos_int", "num_key_value_heads": "pos_int",
+              "hidden_act": "str", "max_position_embeddings": "pos_int", "rms_norm_eps": "pos_float",
+              "rope_theta": "pos_float", "bos_token_id": "opt_id", "eos_token_id": "ids"}
+
+    def __post_init__(self):
+        _check_fields(self, "text_config", self._KINDS)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"config field 'text_config.hidden_size' ({self.hidden_size}) is not divisible by "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"config field 'text_config.num_attention_heads' ({self.num_attention_heads}) is not "
+                             f"divisible by num_key_value_heads ({self.num_key_value_heads})")
+
     # Keys of the official top-level dict that are not Qwen2 text fields.
     _OFFICIAL_ONLY = (
         "model_type", "architectures", "auto_map", "vision_encoder", "vision_encoder_config", "mm_projector_type",
@@ -104,7 +170,8 @@ class TextConfig:
         rope = d.pop("rope_parameters", None) or {}
         if rope.get("rope_type", "default") != "default" or d.get("rope_scaling"):
             raise ValueError(f"text rope must be plain (rope_type 'default'); got {rope or d.get('rope_scaling')}")
-        theta = rope.get("rope_theta", d.pop("rope_theta", 1000000.0))
+        theta = _check_value("text_config", "rope_theta", rope.get("rope_theta", d.pop("rope_theta", 1000000.0)),
+                             "pos_float")
         d.pop("rope_theta", None)
         names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "extra"}
         known = {k: d.pop(k) for k in list(d) if k in names}
@@ -140,6 +207,14 @@ class VideoLLaMA3Config:
     legacy_image_token_index: int | None = None  # official `image_token_index`, round-tripped only
     source_format: str = "native"  # the format this config was read from
 
+    def __post_init__(self):
+        _check_fields(self, "", {"image_token_id": "id", "video_token_id": "id", "tie_word_embeddings": "bool",
+                                 "use_token_compression": "bool", "legacy_image_token_index": "opt_id"})
+        for name in ("image_token_id", "video_token_id"):
+            if getattr(self, name) >= self.text.vocab_size:
+                raise ValueError(f"config field {name!r} ({getattr(self, name)}) is outside the vocabulary "
+                                 f"(text_config.vocab_size {self.text.vocab_size})")
+
     # ---- presets -----------------------------------------------------------------------------------------------
     @classmethod
     def from_name(cls, name: str) -> "VideoLLaMA3Config":
@@ -150,13 +225,19 @@ class VideoLLaMA3Config:
     # ---- config.json -------------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> "VideoLLaMA3Config":
+        if not isinstance(d, dict):
+            raise TypeError(f"a VideoLLaMA3 config must be a dict (config.json object), got {type(d).__name__}")
+        for sub in ("vision_config", "text_config", "vision_encoder_config"):
+            if d.get(sub) is not None and not isinstance(d[sub], dict):
+                raise TypeError(f"config field {sub!r} must be a JSON object, got {type(d[sub]).__name__}")
         model_type = d.get("model_type")
         if model_type == NATIVE_MODEL_TYPE:
             text = dict(d.get("text_config") or {})
             if text.get("model_type", "qwen2") != "qwen2":
                 raise ValueError(f"text_config.model_type must be 'qwen2', got {text.get('model_type')!r}")
-            tie = bool(d.get("tie_word_embeddings", False) or text.get("tie_word_embeddings", False))
-            text.pop("tie_word_embeddings", None)
+            top = _check_value("", "tie_word_embeddings", d.get("tie_word_embeddings", False), "bool")
+            inner = _check_value("text_config", "tie_word_embeddings", text.pop("tie_word_embeddings", False), "bool")
+            tie = top or inner
             return cls(
                 vision=VisionConfig.from_dict(d.get("vision_config") or {}),
                 text=TextConfig.from_dict(text),
@@ -177,7 +258,7 @@ class VideoLLaMA3Config:
                 text=TextConfig.from_dict(d),
                 image_token_id=d.get("image_token_id", DEFAULT_IMAGE_TOKEN_ID),
                 video_token_id=d.get("video_token_id", DEFAULT_VIDEO_TOKEN_ID),
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+                tie_word_embeddings=d.get("tie_word_embeddings", False),
                 use_token_compression=d.get("use_token_compression", True),
                 legacy_image_token_index=d.get("image_token_index"),
                 source_format="official",

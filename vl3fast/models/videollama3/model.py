@@ -181,7 +181,10 @@ class VideoLLaMA3ForCausalLM(nn.Module):
         """
         directory = checkpoint.resolve_directory(path_or_repo_id)
         raw = checkpoint.read_config(directory)
-        config = VideoLLaMA3Config.from_dict(raw)
+        try:
+            config = VideoLLaMA3Config.from_dict(raw)
+        except (TypeError, ValueError) as err:  # name the file: the message names the field
+            raise type(err)(f"{os.path.join(directory, 'config.json')!r}: {err}") from err
         dtype = _resolve_dtype(dtype, raw)
         device = torch.device(device or "cpu")
         files = checkpoint.weight_files(directory)
@@ -227,17 +230,27 @@ class VideoLLaMA3ForCausalLM(nn.Module):
             model.language_model.generation_config = GenerationConfig.from_pretrained(directory)
         return model.eval()
 
-    def save_pretrained(self, directory: str, *, max_shard_bytes: int = 5 * 1024**3) -> None:
-        """Writes the transformers-native format (config.json + safetensors), which transformers'
-        VideoLlama3ForConditionalGeneration.from_pretrained loads."""
-        os.makedirs(directory, exist_ok=True)
-        cfg = self.config.to_dict("native")
+    def save_pretrained(self, directory: str, *, max_shard_bytes: int = 5 * 1024**3, fmt: str = "native") -> None:
+        """Writes config.json + safetensors in the transformers-native format (transformers'
+        VideoLlama3ForConditionalGeneration.from_pretrained loads it) or, with ``fmt="official"``, in the
+        official trust_remote_code layout (spec F).  Both load back with ``from_pretrained``.
+
+        Atomic: written into a temporary folder beside ``directory``, then renamed into place, so a failed or
+        killed save never leaves a half-written or mixed checkpoint (`checkpoint.atomic_directory`)."""
+        if fmt not in ("native", "official"):
+            raise ValueError(f"unknown checkpoint format {fmt!r}; supported: 'native', 'official'")
+        with checkpoint.atomic_directory(directory) as tmp:
+            self._write_checkpoint(tmp, max_shard_bytes, fmt)
+
+    def _write_checkpoint(self, directory: str, max_shard_bytes: int, fmt: str) -> None:
+        rename = {"native": adapter.vl3fast_to_native_key, "official": adapter.vl3fast_to_official_key}[fmt]
+        cfg = self.config.to_dict(fmt)
         cfg["dtype"] = str(self.dtype).removeprefix("torch.")
         tensors = {}
         for name, tensor in self.state_dict().items():
             if name == "language_model.lm_head.weight" and self.config.tie_word_embeddings:
                 continue  # tied to the embedding; transformers re-ties it from the config
-            tensors[adapter.vl3fast_to_native_key(name)] = adapter.to_checkpoint(
+            tensors[rename(name)] = adapter.to_checkpoint(
                 name, tensor, self.config.vision.patch_size, self.config.vision.num_channels)
         checkpoint.save_safetensors(tensors, directory, max_shard_bytes)
         with open(os.path.join(directory, "config.json"), "w") as f:

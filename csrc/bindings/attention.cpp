@@ -1,0 +1,218 @@
+// Packed rope2d attention, forward and backward (ops/attention.py): checks, params, workspace size,
+// the supported CUDA matrix, and one dispatch helper shared by both directions.
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <string>
+
+#include <omp.h>
+
+#include "bindings/common.h"
+#include "cpu/attention_tiles.h"
+#include "cpu/isa.h"
+#include "vl3fast/attention_tc.h"
+#include "vl3fast/params.h"
+#include "vl3fast/tensor_ref.h"
+#ifdef VL3FAST_WITH_CUDA
+#include "cuda/launchers.h"
+#endif
+
+namespace py = pybind11;
+
+namespace vl3fast::bindings {
+namespace {
+
+// Checks one [T, H, D] operand of an attention call against q.
+void expect_thd(const TensorRef& t, const TensorRef& q, const char* name) {
+  expect(t.ndim == 3, std::string("rope2d_attention: ") + name + " must be [T, H, D]");
+  for (int i = 0; i < 3; ++i)
+    expect(t.sizes[i] == q.sizes[i], std::string("rope2d_attention: ") + name + " must have the shape of q");
+  expect(t.dtype == q.dtype, std::string("rope2d_attention: ") + name + " must have the dtype of q");
+  expect(t.strides[2] == 1, std::string("rope2d_attention: the last dim of ") + name + " must be contiguous");
+}
+
+int attention_threads() { return omp_get_max_threads(); }
+
+// Bytes of workspace the kernel for `device_index` needs (the caller allocates it; kernels never allocate):
+// the CPU layout (cpu/attention_tiles.h) for -1, the CUDA layout (vl3fast/attention_tc.h) otherwise.
+int64_t rope2d_attention_workspace_bytes(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim,
+                                         bool backward, int device_index) {
+  if (device_index >= 0) return attn_tc::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward).total;
+  return cpu::attention_workspace_layout(num_tokens, num_segments, num_heads, head_dim, attention_threads(), backward)
+      .total;
+}
+
+#ifdef VL3FAST_WITH_CUDA
+// The CUDA path reads v and dout with 16-byte vector copies.
+void expect_vector_aligned(const TensorRef& t, const char* name) {
+  expect(reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.strides[0] % 8 == 0 && t.strides[1] % 8 == 0,
+         std::string("rope2d_attention (CUDA): ") + name +
+             " must be 16-byte aligned with token and head strides multiples of 8 elements");
+}
+#endif
+
+// The supported CUDA matrix (vl3fast/attention_tc.h), for the ops' validation and the tests' parametrization.
+py::dict attention_cuda_configs() {
+  py::list dtypes, dims;
+#define VL3FAST_DT_CODE(CODE, TYPE) dtypes.append(static_cast<int>(CODE));
+  VL3FAST_ATTN_TC_DTYPES(VL3FAST_DT_CODE)
+#undef VL3FAST_DT_CODE
+#define VL3FAST_HD_ITEM(DIM) dims.append(DIM);
+  VL3FAST_ATTN_TC_HEAD_DIMS(VL3FAST_HD_ITEM)
+#undef VL3FAST_HD_ITEM
+  py::dict d;
+  d["dtypes"] = dtypes;
+  d["head_dims"] = dims;
+  return d;
+}
+
+AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
+                                 const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
+                                 const TensorRef& lse, const TensorRef& workspace, double scale, bool backward,
+                                 int device) {
+  expect(q.ndim == 3, "rope2d_attention: q must be [T, H, D]");
+  expect(q.strides[2] == 1, "rope2d_attention: the last dim of q must be contiguous");
+  expect_thd(k, q, "k");
+  expect_thd(v, q, "v");
+  expect_thd(out, q, "out");
+  const int64_t head_dim = q.sizes[2];
+  expect(head_dim >= 4 && head_dim <= cpu::kAttnMaxHeadDim && head_dim % 4 == 0,
+         "rope2d_attention: head_dim must be a multiple of 4 in [4, 256], got " + std::to_string(head_dim));
+  expect_ref(cu_seqlens, "cu_seqlens", DType::kInt32, 1);
+  expect(is_contiguous(cu_seqlens) && cu_seqlens.sizes[0] >= 1, "cu_seqlens: expected contiguous [S + 1]");
+  expect_ref(pos_hw, "pos_hw", DType::kInt32, 2);
+  expect(pos_hw.sizes[0] == q.sizes[0] && pos_hw.sizes[1] == 2 && is_contiguous(pos_hw),
+         "pos_hw: expected contiguous [T, 2]");
+  expect_ref(inv_freq, "inv_freq", DType::kFloat32, 1);
+  expect(inv_freq.sizes[0] == head_dim / 4 && is_contiguous(inv_freq), "inv_freq: expected contiguous [D / 4]");
+  expect_ref(lse, "lse", DType::kFloat32, 2);
+  expect(lse.sizes[0] == q.sizes[1] && lse.sizes[1] == q.sizes[0] && is_contiguous(lse), "lse: expected contiguous [H, T]");
+  expect_ref(workspace, "workspace", DType::kUInt8, 1);
+  expect(std::isfinite(scale) && scale > 0, "rope2d_attention: scale must be finite and positive");
+  AttentionParams p;
+  p.q = q.data;
+  p.k = k.data;
+  p.v = v.data;
+  p.q_stride_token = q.strides[0];
+  p.q_stride_head = q.strides[1];
+  p.k_stride_token = k.strides[0];
+  p.k_stride_head = k.strides[1];
+  p.v_stride_token = v.strides[0];
+  p.v_stride_head = v.strides[1];
+  p.out = out.data;
+  p.out_stride_token = out.strides[0];
+  p.out_stride_head = out.strides[1];
+  p.lse = static_cast<float*>(lse.data);
+  p.cu_seqlens = static_cast<const int32_t*>(cu_seqlens.data);
+  p.pos_hw = static_cast<const int32_t*>(pos_hw.data);
+  p.inv_freq = static_cast<const float*>(inv_freq.data);
+  p.num_tokens = q.sizes[0];
+  p.num_segments = cu_seqlens.sizes[0] - 1;
+  p.num_heads = static_cast<int32_t>(q.sizes[1]);
+  p.head_dim = static_cast<int32_t>(head_dim);
+  p.scale = static_cast<float>(scale);
+  p.dtype = q.dtype;
+  p.workspace = workspace.data;
+  p.workspace_bytes = workspace.sizes[0];
+  p.num_threads = attention_threads();
+  const int64_t needed = rope2d_attention_workspace_bytes(p.num_tokens, p.num_segments, p.num_heads, p.head_dim,
+                                                          backward, device);
+  expect(p.workspace_bytes >= needed, "rope2d_attention: workspace too small (" + std::to_string(p.workspace_bytes) +
+                                          " < " + std::to_string(needed) + " bytes)");
+  return p;
+}
+
+// The cu_seqlens values are validated here too (host memory): the kernel trusts them.
+void expect_cu_seqlens_values(const AttentionParams& p) {
+  expect(p.cu_seqlens[0] == 0, "cu_seqlens: must start at 0");
+  for (int64_t s = 0; s < p.num_segments; ++s)
+    expect(p.cu_seqlens[s + 1] >= p.cu_seqlens[s], "cu_seqlens: must be non-decreasing");
+  expect(p.cu_seqlens[p.num_segments] == p.num_tokens, "cu_seqlens: last value must equal T");
+}
+
+// Runs one direction of attention on the device its tensors live on.  On CUDA cu_seqlens stays on the
+// device (not read here: no sync; the kernels clamp it) and v (and dout) must suit 16-byte vector copies;
+// on the CPU its values are validated first because the kernel trusts them.  `dout` is null for forward.
+void run_attention(const AttentionParams& p, bool backward, const TensorRef& v, const TensorRef* dout,
+                   int64_t max_seqlen, int device, uintptr_t stream) {
+#ifdef VL3FAST_WITH_CUDA
+  if (device >= 0) {
+    expect(p.num_heads <= 65535, std::string(backward ? "rope2d_attention_backward" : "rope2d_attention") +
+                                     " (CUDA): at most 65535 heads");
+    expect_vector_aligned(v, "v");
+    if (dout != nullptr) expect_vector_aligned(*dout, "dout");
+    if (p.num_tokens == 0 || p.num_heads == 0) return;
+    if (backward) return cuda::rope2d_attention_backward(p, max_seqlen, device, stream);
+    return cuda::rope2d_attention_forward(p, max_seqlen, device, stream);
+  }
+#else
+  (void)v;
+  (void)dout;
+  (void)device;
+  (void)stream;
+#endif
+  (void)max_seqlen;
+  expect_cu_seqlens_values(p);
+  if (p.num_tokens == 0 || p.num_heads == 0) return;
+  if (backward) return cpu::kernels().rope2d_attention_backward(p);
+  cpu::kernels().rope2d_attention_forward(p);
+}
+
+void rope2d_attention_forward(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
+                              const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
+                              const TensorRef& lse, const TensorRef& workspace, double scale, int64_t max_seqlen,
+                              uintptr_t stream) {
+  const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse}, "rope2d_attention");
+  const AttentionParams p =
+      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, false, device);
+  run_attention(p, false, v, nullptr, max_seqlen, device, stream);
+}
+
+void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
+                               const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
+                               const TensorRef& lse, const TensorRef& dout, const TensorRef& dq, const TensorRef& dk,
+                               const TensorRef& dv, const TensorRef& workspace, double scale, int64_t max_seqlen,
+                               uintptr_t stream) {
+  const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse, &dout, &dq, &dk, &dv},
+                                   "rope2d_attention_backward");
+  AttentionParams p =
+      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, true, device);
+  expect_thd(dout, q, "dout");
+  expect_thd(dq, q, "dq");
+  expect_thd(dk, q, "dk");
+  expect_thd(dv, q, "dv");
+  p.dout = dout.data;
+  p.dout_stride_token = dout.strides[0];
+  p.dout_stride_head = dout.strides[1];
+  p.dq = dq.data;
+  p.dk = dk.data;
+  p.dv = dv.data;
+  p.dq_stride_token = dq.strides[0];
+  p.dq_stride_head = dq.strides[1];
+  p.dk_stride_token = dk.strides[0];
+  p.dk_stride_head = dk.strides[1];
+  p.dv_stride_token = dv.strides[0];
+  p.dv_stride_head = dv.strides[1];
+  run_attention(p, true, v, &dout, max_seqlen, device, stream);
+}
+
+}  // namespace
+
+void bind_attention(py::module_& m) {
+  m.def("rope2d_attention_workspace_bytes", &rope2d_attention_workspace_bytes, py::arg("num_tokens"),
+        py::arg("num_segments"), py::arg("num_heads"), py::arg("head_dim"), py::arg("backward"),
+        py::arg("device_index") = -1,
+        "Bytes of uint8 workspace rope2d_attention_forward/backward need (CPU: with the current thread count).");
+  m.def("attention_cuda_configs", &attention_cuda_configs,
+        "The CUDA attention kernel's supported dtype codes and head dims (declared once in attention_tc.h).");
+  m.def("rope2d_attention_forward", &rope2d_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
+        py::arg("workspace"), py::arg("scale"), py::arg("max_seqlen") = -1, py::arg("stream") = 0,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("rope2d_attention_backward", &rope2d_attention_backward, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
+        py::arg("dout"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("workspace"), py::arg("scale"),
+        py::arg("max_seqlen") = -1, py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace vl3fast::bindings

@@ -1,0 +1,32 @@
+// Shared pieces of the pybind11 module vl3fast._C (csrc/bindings/*.cpp).  No torch here (DESIGN.md §3).
+// Each op family's file checks what its kernels rely on, builds a params struct and calls the CPU kernel
+// table or the CUDA launcher for the tensors' device, then registers its functions with bind_<family>().
+// module.cpp holds the module table and calls every bind_<family>() once.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <initializer_list>
+#include <string>
+
+#include "vl3fast/tensor_ref.h"
+
+namespace vl3fast::bindings {
+
+// All tensors of one call must live on the same device; returns it (-1 for host).
+inline int common_device(std::initializer_list<const TensorRef*> refs, const char* op) {
+  const int device = (*refs.begin())->device_index;
+  for (const TensorRef* r : refs)
+    expect(r->device_index == device, std::string(op) + ": all tensors must be on the same device");
+#ifndef VL3FAST_WITH_CUDA
+  expect(device < 0, std::string(op) + ": vl3fast was built without its CUDA backend");
+#endif
+  return device;
+}
+
+void bind_info(pybind11::module_& m);       // info.cpp: version, ISA levels, CUDA archs and devices
+void bind_rope(pybind11::module_& m);       // rope.cpp: position ids and the standalone 2D RoPE
+void bind_attention(pybind11::module_& m);  // attention.cpp: rope2d attention forward/backward
+void bind_pruning(pybind11::module_& m);    // pruning.cpp: frame keep mask and keep compaction
+void bind_testing(pybind11::module_& m);    // testing.cpp: test-only views of the CUDA index helpers
+
+}  // namespace vl3fast::bindings

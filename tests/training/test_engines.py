@@ -1,0 +1,118 @@
+"""In-process training runs on tiny_cpu (one process, gloo): DeepSpeed ZeRO 0-3 against plain torch, stage
+freezing and per-module learning rates, LoRA train -> merge -> export -> load, ZeRO-3 export -> transformers."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vl3fast.models.videollama3 import VideoLLaMA3ForCausalLM
+from vl3fast.training.export import export
+from vl3fast.training.modules import module_group, unload_lora
+
+from ._runs import losses, run_inprocess, tiny_config, tiny_init
+
+pytest.importorskip("deepspeed")
+pytest.importorskip("peft")
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    tiny_init(root / "init")
+    return root
+
+
+@pytest.fixture(scope="module")
+def torch_run(tmp):
+    cfg = tiny_config(tmp, "torch", "train.max_steps=3", "run.save_every=0", "run.save_at_end=false", zero=None)
+    return run_inprocess(cfg, steps=3)
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2, pytest.param(3, marks=pytest.mark.xfail(
+    strict=True, reason="TEMPORARY: the synthetic batches skip the vision encoder on text-only micro-batches; "
+                        "#12's packed forward (one encoder call, dummy item) fixes ZeRO-3 accumulation"))])
+def test_deepspeed_zero_stages_match_plain_torch(tmp, torch_run, zero):
+    cfg = tiny_config(tmp, f"zero{zero}", "train.max_steps=3", "run.save_every=0", "run.save_at_end=false", zero=zero)
+    run = run_inprocess(cfg, steps=3)
+    assert run.summary["engine"] == "deepspeed" and run.summary["zero_stage"] == zero
+    assert [r["lr"] for r in run.records] == [r["lr"] for r in torch_run.records]
+    torch.testing.assert_close(losses(run), losses(torch_run), rtol=1e-6, atol=0)
+    torch.testing.assert_close([r["grad_norm"] for r in run.records], [r["grad_norm"] for r in torch_run.records],
+                               rtol=1e-5, atol=0)
+
+
+def _before(init: str) -> dict[str, torch.Tensor]:
+    model = VideoLLaMA3ForCausalLM.from_pretrained(init)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3", "stage4"])
+def test_stage_config_one_step_freezes_and_moves_each_module_at_its_lr(tmp, stage):
+    cfg = tiny_config(tmp, stage, "train.max_steps=1", "run.save_at_end=false", stage_config=f"{stage}.yaml")
+    assert cfg.train.stage == stage
+    before = _before(cfg.model.init)
+    run = run_inprocess(cfg, steps=1)
+    (record,) = run.records
+    moved = {}
+    for name, p in run.model.named_parameters():
+        group = module_group(name)
+        moved[group] = max(moved.get(group, 0.0), float((p.detach() - before[name]).abs().max()))
+    for group, lr in cfg.train.lr.items():
+        if lr is None:
+            assert moved[group] == 0.0, f"{stage}: frozen {group} moved by {moved[group]}"
+            assert group not in record["lr"]
+        else:
+            # Adam's first update is lr * g / (|g| + eps) per element: at most lr, close to it for most
+            assert record["lr"][group] == lr
+            # (plus float32 rounding of the updated weights: < 10% at these sizes)
+            assert 0.5 * lr < moved[group] < 1.1 * lr, f"{stage}: {group} moved {moved[group]}, lr {lr}"
+
+
+def test_lora_train_merge_export_load(tmp):
+    cfg = tiny_config(tmp, "lora", "train.max_steps=3", "run.save_every=0", "lora.r=4",
+                      stage_config="finetune_lora.yaml")
+    assert cfg.lora.enabled and cfg.train.lr["vision"] is None
+    before = _before(cfg.model.init)
+    run = run_inprocess(cfg, steps=3)
+    trained = dict(run.model.named_parameters())
+    lora_names = [n for n in trained if ".lora_" in n]
+    assert lora_names and all(n.startswith("language_model.") for n in lora_names)
+    for name, p in trained.items():  # frozen: the vision encoder and every LLM base weight
+        base = name.replace(".base_layer.", ".")
+        if name.startswith("vision.") or (name.startswith("language_model.") and ".lora_" not in name):
+            assert torch.equal(p.detach(), before[base]), name
+    assert not torch.equal(trained["projector.readout.0.weight"].detach(), before["projector.readout.0.weight"])
+
+    merged_dir, adapter_dir = tmp / "lora_merged", tmp / "lora_adapter"
+    export(run.run_dir, str(merged_dir), merge_lora_adapters=True)
+    export(run.run_dir, str(adapter_dir))
+    assert (adapter_dir / "adapter" / "adapter_model.safetensors").is_file()
+    in_memory = unload_lora(copy.deepcopy(run.model).eval(), merge=True)
+    ids = torch.randint(0, 100, (1, 12))
+    with torch.no_grad():
+        want = in_memory(ids).logits
+        got = VideoLLaMA3ForCausalLM.from_pretrained(str(merged_dir))(ids).logits
+        base = VideoLLaMA3ForCausalLM.from_pretrained(str(adapter_dir))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for name, p in base.named_parameters():  # the unmerged export keeps the base weights as they were
+        if name.startswith("language_model."):
+            assert torch.equal(p, before[name]), name
+
+
+def test_zero3_export_loads_in_transformers_and_vl3fast(tmp):
+    from transformers import VideoLlama3ForConditionalGeneration
+
+    cfg = tiny_config(tmp, "z3export", "train.max_steps=2", zero=3)
+    run = run_inprocess(cfg, steps=2)
+    out = tmp / "z3export_out"
+    export(run.run_dir, str(out))
+    ids = torch.randint(0, 100, (1, 12))
+    run.model.eval()
+    with torch.no_grad():
+        want = run.model(ids).logits  # ZeRO-3 gathers each module's parameters in its forward hook
+        ours = VideoLLaMA3ForCausalLM.from_pretrained(str(out))(ids).logits
+        theirs = VideoLlama3ForConditionalGeneration.from_pretrained(str(out)).eval()(input_ids=ids).logits
+    torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs, want, rtol=1e-5, atol=1e-5)
