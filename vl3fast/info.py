@@ -22,6 +22,7 @@ def info() -> dict:
         "machine": platform.machine(),
         "cpu_isas_compiled": list(core["cpu_isas_compiled"]),
         "cpu_isa": core["cpu_isa"],
+        "cpu_attention_bf16": core["cpu_attention_bf16"],
         "cuda_compiled": bool(core["cuda_compiled"]),
         "cuda_archs": [f"sm_{a}" for a in archs],
         "cuda_runtime_version": _format_cuda_version(core["cuda_runtime_version"]),

@@ -26,6 +26,8 @@ struct KernelTable {
 std::vector<std::string> compiled_isas();
 // The level in use (detected, or forced by VL3FAST_CPU_ISA); throws if a forced level is unusable.
 const std::string& selected_isa();
+// How the selected level's attention kernel multiplies bf16 tiles (shown by `vl3fast info`).
+const char* attention_bf16_products();
 const KernelTable& kernels();
 
 }  // namespace vl3fast::cpu

@@ -33,11 +33,13 @@ __all__ = [
     "ATTENTION_CUDA_DTYPES", "ATTENTION_CUDA_HEAD_DIMS",
 ]
 
-# The supported matrix, declared once (the kernel's switch in csrc/cpu/kernels/attention.cpp lists the
-# same fast paths).  Any multiple of 4 in [4, 256] runs: 2D RoPE splits D into four quarters.
+# The CPU kernel's matrix, from the single declaration in the compiled core (csrc/cpu/attention_tiles.h:
+# the fast paths and the max head dim).  Any multiple of 4 up to the max runs: 2D RoPE splits D into
+# four quarters; the fast-path head dims are compile-time specializations.
+_CPU_CONFIGS = core.attention_cpu_configs()
 ATTENTION_DTYPES = FLOAT_DTYPES
-ATTENTION_FAST_HEAD_DIMS = (64, 72, 80, 128)
-ATTENTION_HEAD_DIMS = tuple(range(4, 257, 4))
+ATTENTION_FAST_HEAD_DIMS = tuple(_CPU_CONFIGS["fast_head_dims"])
+ATTENTION_HEAD_DIMS = tuple(range(4, _CPU_CONFIGS["max_head_dim"] + 1, 4))
 # The CUDA kernel's matrix, from the single declaration in the compiled core.
 _CUDA_CONFIGS = core.attention_cuda_configs()
 _DTYPE_BY_CODE = {code: dtype for dtype, code in DTYPE_CODES.items()}
@@ -48,7 +50,7 @@ ATTENTION_CUDA_HEAD_DIMS = tuple(_CUDA_CONFIGS["head_dims"])
 def _check_head_dim(head_dim: int) -> None:
     if head_dim not in ATTENTION_HEAD_DIMS:
         raise ValueError(
-            f"q: head dim {head_dim} is not supported; supported: multiples of 4 in [4, 256] (2D RoPE splits "
+            f"q: head dim {head_dim} is not supported; supported: multiples of 4 in [4, {ATTENTION_HEAD_DIMS[-1]}] (2D RoPE splits "
             f"the head dim into row and column quarters), with fast paths for {ATTENTION_FAST_HEAD_DIMS}"
         )
 
