@@ -2,8 +2,8 @@
 
 Implementations, on the same inputs in the same run:
 - `vl3fast`: vl3fast.ops.rope2d_attention (fused 2D RoPE, flash-style packed kernel);
-- `transformers`: vl3fast.reference.rope2d_attention, the transformers VideoLLaMA3 path as it runs today
-  (fp32 rotate_half RoPE on q and k, host sync, one SDPA call per segment);
+- `reference`: vl3fast.reference.rope2d_attention, the oracle written as transformers' VideoLLaMA3 path runs
+  today (fp32 rotate_half RoPE on q and k, host sync, one SDPA call per segment);
 - `dense_mask`: vl3fast.reference.rope2d_attention_dense_mask, the official code's SDPA with a dense
   block-diagonal [T, T] mask (O(T^2) memory and work; by default only image896 forward, where the mask is
   all True; the others with VL3FAST_BENCH_FULL=1).
@@ -11,15 +11,12 @@ Implementations, on the same inputs in the same run:
 Forward+backward runs on video16x336 by default (the issue's target); VL3FAST_BENCH_FULL=1 adds the
 other workloads.  Default set: about a minute of CPU time with --benchmark-disable.
 
-Workloads (16 heads, head dim 72, SigLIP-so400m / VideoLLaMA3 vision tower):
-- video16x336: 16 frames of 336x336 -> 24x24 patches, m=2: 16 segments of 576 tokens (9216 tokens);
-- mixed5: five images, m=1, patch grids 32x32 (448x448), 24x36 (336x504), 16x16 (224x224),
-  48x28 (672x392), 58x42 (812x588): segments of 1024, 864, 256, 1344, 2436 tokens (5924 tokens);
-- image896: one 896x896 image, 64x64 patches, m=1: one segment of 4096 tokens.
+Workloads (benchmarks/workloads.py; 16 heads, head dim 72, SigLIP-so400m / VideoLLaMA3 vision tower):
+video16x336, mixed5, image896.
 
 extra_info: tokens/sec, attention GFLOP/s (forward 4 * sum L^2 * H * D; forward+backward 3.5x that, the
-FlashAttention convention), and for vl3fast the speedup over `transformers` measured earlier in the same
-session (the parametrization runs the baselines first) and from 3 interleaved vl3fast/transformers pairs
+FlashAttention convention), and for vl3fast the speedup over `reference` measured earlier in the same
+session (the parametrization runs the baselines first) and from 3 interleaved vl3fast/reference pairs
 (robust to the drifting load of a shared machine), plus the same session's torch.matmul GFLOP/s.
 `pytest benchmarks --benchmark-disable` runs every case once as a plain test.
 """
@@ -33,19 +30,16 @@ import pytest
 import torch
 
 from vl3fast.ops import rope2d_attention, rope2d_position_ids
-from vl3fast.reference import rope2d_attention as transformers_path
+from vl3fast.reference import rope2d_attention as reference_attention
 from vl3fast.reference import rope2d_attention_dense_mask
+from workloads import WORKLOADS as SHARED_WORKLOADS
 
 HEADS, HEAD_DIM = 16, 72
 FULL = os.environ.get("VL3FAST_BENCH_FULL") == "1"
 
-WORKLOADS = {
-    "video16x336": ([[16, 24, 24]], [2]),
-    "mixed5": ([[1, 32, 32], [1, 24, 36], [1, 16, 16], [1, 48, 28], [1, 58, 42]], [1, 1, 1, 1, 1]),
-    "image896": ([[1, 64, 64]], [1]),
-}
+WORKLOADS = {name: SHARED_WORKLOADS[name] for name in ("video16x336", "mixed5", "image896")}
 IMPLS = {
-    "transformers": transformers_path,
+    "reference": reference_attention,
     "dense_mask": rope2d_attention_dense_mask,
     "vl3fast": rope2d_attention,
 }
@@ -146,13 +140,13 @@ def test_rope2d_attention(bench, workload, dtype, mode, impl):
     bench.extra_info["tokens_per_s"] = T / median
     bench.extra_info["attention_gflops"] = flops / median / 1e9
     if impl == "vl3fast":
-        base = _MEDIANS.get((workload, dtype, mode, "transformers"))
-        bench.extra_info["speedup_vs_transformers"] = base / median if base else None
+        base = _MEDIANS.get((workload, dtype, mode, "reference"))
+        bench.extra_info["speedup_vs_reference"] = base / median if base else None
         # The machine is shared and its load drifts between cases: also time the two alternately, so
         # both see the same load, and report that ratio too.
-        ours, theirs = _interleaved(run, _runner(transformers_path, q, k, v, cu_seqlens, pos_hw, grad, mode))
-        bench.extra_info["interleaved_ms"] = {"vl3fast": ours * 1e3, "transformers": theirs * 1e3}
-        bench.extra_info["speedup_vs_transformers_interleaved"] = theirs / ours
+        ours, theirs = _interleaved(run, _runner(reference_attention, q, k, v, cu_seqlens, pos_hw, grad, mode))
+        bench.extra_info["interleaved_ms"] = {"vl3fast": ours * 1e3, "reference": theirs * 1e3}
+        bench.extra_info["speedup_vs_reference_interleaved"] = theirs / ours
         dense = _MEDIANS.get((workload, dtype, mode, "dense_mask"))
         bench.extra_info["speedup_vs_dense_mask"] = dense / median if dense else None
         matmul = _MEDIANS.get(("matmul", dtype))
@@ -161,7 +155,7 @@ def test_rope2d_attention(bench, workload, dtype, mode, impl):
 
 # ============================================================================ GPU (marked cuda)
 # vl3fast's tensor-core kernel against, on the same CUDA tensors in the same run (bf16, head dim 72):
-# - `transformers`: fp32 rotate_half RoPE + host sync + one SDPA call per segment (vl3fast.reference);
+# - `reference`: fp32 rotate_half RoPE + host sync + one SDPA call per segment (vl3fast.reference);
 # - `flash_attn`: the same fp32 RoPE, then flash_attn_varlen_func with max_seqlen from `.item()` (the
 #   transformers FA2 path; runs head dim 72 on its 96-wide kernel) -- skipped, saying so, when not installed;
 # - `torch_varlen`: the same RoPE, then torch.nn.attention.varlen.varlen_attn (in-tree FA2) when present.
@@ -198,7 +192,7 @@ def _flash_attn_impl():
         return None, f"flash-attn not importable ({exc.__class__.__name__}: {exc})"
 
     def attn(q, k, v, cu):
-        max_seqlen = int((cu[1:] - cu[:-1]).max().item())  # the per-layer host sync of the transformers path
+        max_seqlen = int((cu[1:] - cu[:-1]).max().item())  # the per-layer host sync of the reference (transformers) path
         return flash_attn_varlen_func(q, k, v, cu, cu, max_seqlen, max_seqlen)
 
     return _rope_then(attn), None
@@ -220,8 +214,8 @@ def _torch_varlen_impl():
 def _gpu_impl(name):
     if name == "vl3fast":
         return rope2d_attention, None
-    if name == "transformers":
-        return transformers_path, None
+    if name == "reference":
+        return reference_attention, None
     if name == "flash_attn":
         return _flash_attn_impl()
     return _torch_varlen_impl()
@@ -246,7 +240,7 @@ _GPU_MEDIANS: dict[tuple, float] = {}
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("impl", ["transformers", "flash_attn", "torch_varlen", "vl3fast"])
+@pytest.mark.parametrize("impl", ["reference", "flash_attn", "torch_varlen", "vl3fast"])
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("workload", list(WORKLOADS))
 def test_rope2d_attention_gpu(bench, workload, mode, impl):
@@ -280,7 +274,7 @@ def test_rope2d_attention_gpu(bench, workload, mode, impl):
         median_ms=median * 1e3, tokens_per_s=q.shape[0] / median, useful_tflops=flops / median / 1e12,
     )
     if impl == "vl3fast":
-        for base in ("transformers", "flash_attn", "torch_varlen"):
+        for base in ("reference", "flash_attn", "torch_varlen"):
             other = _GPU_MEDIANS.get((workload, mode, base))
             info[f"speedup_vs_{base}"] = other / median if other else None
         if "H100" in torch.cuda.get_device_name():

@@ -23,14 +23,13 @@ import pytest
 import torch
 
 from vl3fast.ops import frame_keep_mask, prune_tokens
+from workloads import WORKLOADS as SHARED_WORKLOADS
 
 vp = pytest.importorskip("transformers.models.video_llama_3.video_processing_video_llama_3")
 PROC = vp.VideoLlama3VideoProcessor()
 
-WORKLOADS = {"video16x336": (16, 24, 24), "video48x448": (48, 32, 32)}
-if os.environ.get("VL3FAST_BENCH_FULL") == "1":
-    WORKLOADS["video180x448"] = (180, 32, 32)
-MERGE = 2
+NAMES = ["video16x336", "video48x448"] + (["video180x448"] if os.environ.get("VL3FAST_BENCH_FULL") == "1" else [])
+WORKLOADS = {name: SHARED_WORKLOADS[name] for name in NAMES}  # one video each, m=2
 HIDDEN = 1536
 CASES = ["read_sum", "hf_mask", "hf_mask_compact", "vl3fast_mask", "vl3fast_mask_compact"]
 _medians: dict = {}
@@ -41,7 +40,7 @@ def _inputs(name):
     """A moving square over a textured, slightly flickering background: a realistic keep fraction."""
     if name not in _cache:
         _cache.clear()
-        t, h, w = WORKLOADS[name]
+        [[t, h, w]], [m] = WORKLOADS[name]
         g = torch.Generator().manual_seed(0)
         P = 14
         frame = (torch.randint(0, 256, (3, h * P, w * P), generator=g).float() / 127.5 - 1)
@@ -51,10 +50,10 @@ def _inputs(name):
             frames[f, :, y : y + 64, x : x + 64] = 1.0
             if f % 3 == 0:  # flicker on a band of rows
                 frames[f, :, : 2 * P] += 2 / 127.5
-        x = frames.reshape(t, 3, h // MERGE, MERGE, P, w // MERGE, MERGE, P).permute(0, 2, 5, 3, 6, 1, 4, 7)
+        x = frames.reshape(t, 3, h // m, m, P, w // m, m, P).permute(0, 2, 5, 3, 6, 1, 4, 7)
         px = x.reshape(t * h * w, 3 * P * P).contiguous()
-        grid, merges = torch.tensor([[t, h, w]]), torch.tensor([MERGE])
-        feats = torch.randn(t * (h // MERGE) * (w // MERGE), HIDDEN, generator=g).to(torch.bfloat16)
+        grid, merges = torch.tensor([[t, h, w]]), torch.tensor([m])
+        feats = torch.randn(t * (h // m) * (w // m), HIDDEN, generator=g).to(torch.bfloat16)
         _cache[name] = (px, grid, merges, feats)
     return _cache[name]
 
@@ -112,12 +111,12 @@ def test_pruning_cuda(bench, case):
 
     if not vl3fast.cuda_available():
         pytest.skip(vl3fast.cuda_status()[1])
-    t, h, w = 180, 32, 32
+    [[t, h, w]], [m] = SHARED_WORKLOADS["video180x448"]
     g = torch.Generator(device="cuda").manual_seed(0)
     px = torch.rand(t * h * w, 588, device="cuda", generator=g) * 2 - 1
     px[h * w :: 2] = px[: -h * w : 2]  # half of the later rows repeat: a mixed mask
-    grid, merges = torch.tensor([[t, h, w]]), torch.tensor([MERGE])
-    feats = torch.randn(t * (h // MERGE) * (w // MERGE), HIDDEN, device="cuda").to(torch.bfloat16)
+    grid, merges = torch.tensor([[t, h, w]]), torch.tensor([m])
+    feats = torch.randn(t * (h // m) * (w // m), HIDDEN, device="cuda").to(torch.bfloat16)
     gpu_grid, gpu_merges = grid.cuda(), merges.cuda()
     if case.startswith("vl3fast"):
         assert torch.equal(frame_keep_mask(px, grid, merges).cpu(), PROC._get_compression_mask(px.cpu(), grid, merges))

@@ -33,17 +33,15 @@ import torch.nn.functional as F
 from vl3fast.models.videollama3 import VideoLLaMA3Config
 from vl3fast.models.videollama3 import state_dict_adapter as adapter
 from vl3fast.models.videollama3.vision import VisionEncoder
+from workloads import WORKLOADS as SHARED_WORKLOADS
 
 LAYERS = int(os.environ.get("VL3FAST_BENCH_LAYERS", "1"))
 FULL = os.environ.get("VL3FAST_BENCH_FULL") == "1"
 FULL_LAYERS = 27
 ROUNDS = int(os.environ.get("VL3FAST_BENCH_ROUNDS", "3"))
-# (grid_thw, merge_sizes) in patches of 14 px.
-WORKLOADS = {
-    "video16x336": ([[16, 24, 24]], [2]),
-    "mixed5": ([[1, 16, 16], [1, 24, 32], [1, 32, 32], [1, 14, 22], [1, 36, 20]], [1, 1, 1, 1, 1]),
-    "smoke": ([[2, 8, 8], [1, 6, 10]], [2, 1]),
-}
+# (grid_thw, merge_sizes) in patches of 14 px: the shared workloads (benchmarks/workloads.py) and a CI smoke case.
+WORKLOADS = {name: SHARED_WORKLOADS[name] for name in ("video16x336", "mixed5")}
+WORKLOADS["smoke"] = ([[2, 8, 8], [1, 6, 10]], [2, 1])
 HEAVY = ("video16x336", "mixed5")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}  # relative L2 error of vl3fast vs transformers features

@@ -19,6 +19,11 @@ def __getattr__(name):
         from .processing import VideoLLaMA3Processor
 
         return VideoLLaMA3Processor
+    if name in ("apply_vl3fast", "unapply_vl3fast"):
+        from .integrations import transformers_apply
+
+        return getattr(transformers_apply, name)
     raise AttributeError(f"module 'vl3fast' has no attribute {name!r}")
 
-__all__ = ["__version__", "info", "cuda_available", "cuda_status", "ops", "reference", "VideoLLaMA3ForCausalLM", "VideoLLaMA3Processor"]
+__all__ = ["__version__", "info", "cuda_available", "cuda_status", "ops", "reference", "VideoLLaMA3ForCausalLM", "VideoLLaMA3Processor",
+           "apply_vl3fast", "unapply_vl3fast"]

@@ -1,6 +1,6 @@
-"""The `vl3fast` command: `info`, `bench`, `tokens`, `chat`, `train`, `ckpt export`.
+"""The `vl3fast` command: `info`, `bench`, `tokens`, `chat`, `train`, `ckpt export`, `data validate`.
 
-Exit codes: 0 success; 1 `bench` disagreement; 2 bad input (missing or unreadable media, a token budget
+Exit codes: 0 success; 1 `bench` disagreement or `data validate` problems; 2 bad input (missing or unreadable media, a token budget
 exceeded, a bad checkpoint directory), with the reason on stderr.
 """
 from __future__ import annotations
@@ -87,6 +87,20 @@ def _chat(args) -> int:
     return 0
 
 
+def _data_validate(args) -> int:
+    from .training.validate import validate, write_lengths
+
+    if args.write_lengths and not (args.decode and args.model):
+        raise ValueError("--write-lengths needs --decode and --model (exact post-pruning lengths count text tokens)")
+    report = validate(args.annotations, args.data_folder, model=args.model, decode=args.decode, budget=args.budget,
+                      patch_budget=args.patch_budget, max_length=args.max_length)
+    print(report.summary())
+    if args.write_lengths:
+        write_lengths(report, args.write_lengths)
+        print(f"wrote {len(report.lengths)} lengths to {args.write_lengths}")
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vl3fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     export = ckpt.add_parser("export", help="a run or checkpoint -> a folder transformers and vl3fast load")
     training_cli.add_export_arguments(export)
     export.set_defaults(func=training_cli.run_export)
+
+    data = sub.add_parser("data", help="training data tools").add_subparsers(dest="data_command", required=True)
+    val = data.add_parser("validate", help="check training annotations; lists every problem as file:line: what")
+    val.add_argument("annotations", nargs="+", metavar="ANN", help=".jsonl / .json annotation files")
+    val.add_argument("--data-folder", default=None, help="folder the media paths are relative to")
+    val.add_argument("--model", default=None, help="checkpoint directory: its processor and tokenizer (counts text)")
+    val.add_argument("--decode", action="store_true", help="decode every media file fully (default: header probe)")
+    val.add_argument("--budget", type=int, default=16384, help="token budget per micro-batch (default 16384)")
+    val.add_argument("--patch-budget", type=int, default=None, help="vision patch budget per micro-batch")
+    val.add_argument("--max-length", type=int, default=None, help="truncation length (model_max_length)")
+    val.add_argument("--write-lengths", default=None, metavar="FILE",
+                     help="with --decode --model: write exact post-pruning lengths (JSON lines) for the packer")
+    val.set_defaults(func=_data_validate)
     return parser
 
 

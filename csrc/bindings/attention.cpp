@@ -52,7 +52,7 @@ void expect_vector_aligned(const TensorRef& t, const char* name) {
 #endif
 
 // The supported CUDA matrix (vl3fast/attention_tc.h), for the ops' validation and the tests' parametrization.
-// The CPU kernel's head-dim range and compile-time fast paths (declared once in cpu/attention_tiles.h).
+// The CPU kernel's compile-time fast-path head dims (declared once in cpu/attention_tiles.h).
 py::dict attention_cpu_configs() {
   py::list fast;
 #define VL3FAST_HD_ITEM(DIM) fast.append(DIM);
@@ -60,7 +60,6 @@ py::dict attention_cpu_configs() {
 #undef VL3FAST_HD_ITEM
   py::dict d;
   d["fast_head_dims"] = fast;
-  d["max_head_dim"] = cpu::kAttnMaxHeadDim;
   return d;
 }
 
@@ -88,8 +87,7 @@ AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const T
   expect_thd(v, q, "v");
   expect_thd(out, q, "out");
   const int64_t head_dim = q.sizes[2];
-  expect(head_dim >= 4 && head_dim <= cpu::kAttnMaxHeadDim && head_dim % 4 == 0,
-         "rope2d_attention: head_dim must be a multiple of 4 in [4, 256], got " + std::to_string(head_dim));
+  expect_head_dim(head_dim, "rope2d_attention");
   expect_ref(cu_seqlens, "cu_seqlens", DType::kInt32, 1);
   expect(is_contiguous(cu_seqlens) && cu_seqlens.sizes[0] >= 1, "cu_seqlens: expected contiguous [S + 1]");
   expect_ref(pos_hw, "pos_hw", DType::kInt32, 2);
@@ -216,7 +214,7 @@ void bind_attention(py::module_& m) {
         py::arg("device_index") = -1,
         "Bytes of uint8 workspace rope2d_attention_forward/backward need (CPU: with the current thread count).");
   m.def("attention_cpu_configs", &attention_cpu_configs,
-        "The CPU attention kernel's max head dim and fast-path head dims (declared once in cpu/attention_tiles.h).");
+        "The CPU attention kernel's fast-path head dims (declared once in cpu/attention_tiles.h).");
   m.def("attention_cuda_configs", &attention_cuda_configs,
         "The CUDA attention kernel's supported dtype codes and head dims (declared once in attention_tc.h).");
   m.def("rope2d_attention_forward", &rope2d_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),

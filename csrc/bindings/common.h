@@ -8,6 +8,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "vl3fast/rope_math.h"
 #include "vl3fast/tensor_ref.h"
 
 namespace vl3fast::bindings {
@@ -21,6 +22,13 @@ inline int common_device(std::initializer_list<const TensorRef*> refs, const cha
   expect(device < 0, std::string(op) + ": vl3fast was built without its CUDA backend");
 #endif
   return device;
+}
+
+// The head-dim check of every rope2d op (the bound is declared once, in vl3fast/rope_math.h).
+inline void expect_head_dim(int64_t head_dim, const char* op) {
+  expect(head_dim_supported(head_dim), std::string(op) + ": head_dim must be a multiple of " +
+                                           std::to_string(kHeadDimMultiple) + " in [" + std::to_string(kMinHeadDim) +
+                                           ", " + std::to_string(kMaxHeadDim) + "], got " + std::to_string(head_dim));
 }
 
 void bind_info(pybind11::module_& m);       // info.cpp: version, ISA levels, CUDA archs and devices

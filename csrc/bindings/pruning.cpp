@@ -19,7 +19,7 @@ namespace {
 
 void check_prune_table(const TensorRef& item_table) {
   expect_ref(item_table, "item_table", DType::kInt64, 2);
-  expect(item_table.sizes[1] == kPruneFields && is_contiguous(item_table), "item_table: expected contiguous [N, 7]");
+  expect(item_table.sizes[1] == kGridFields && is_contiguous(item_table), "item_table: expected contiguous [N, 7]");
 }
 
 void frame_keep_mask(const TensorRef& pixels, const TensorRef& item_table, const TensorRef& keep, const TensorRef& diff,

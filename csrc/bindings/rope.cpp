@@ -23,7 +23,7 @@ void rope2d_position_ids(const TensorRef& item_table, const TensorRef& pos_hw, c
   expect_ref(item_table, "item_table", DType::kInt64, 2);
   expect_ref(pos_hw, "pos_hw", DType::kInt32, 2);
   expect_ref(cu_seqlens, "cu_seqlens", DType::kInt32, 1);
-  expect(item_table.sizes[1] == kItemFields && is_contiguous(item_table), "item_table: expected contiguous [N, 6]");
+  expect(item_table.sizes[1] == kGridFields && is_contiguous(item_table), "item_table: expected contiguous [N, 7]");
   expect(pos_hw.sizes[1] == 2 && is_contiguous(pos_hw), "pos_hw: expected contiguous [T, 2]");
   expect(is_contiguous(cu_seqlens) && cu_seqlens.sizes[0] >= 1, "cu_seqlens: expected contiguous [S + 1]");
   const int device = common_device({&item_table, &pos_hw, &cu_seqlens}, "rope2d_position_ids");
@@ -57,8 +57,7 @@ void apply_rope2d(const TensorRef& x, const TensorRef& pos_hw, const TensorRef& 
   expect(x.dtype == out.dtype, "apply_rope2d: out must have the dtype of x");
   expect(x.strides[2] == 1 && out.strides[2] == 1, "apply_rope2d: last dim of x and out must be contiguous");
   const int64_t head_dim = x.sizes[2];
-  expect(head_dim >= 4 && head_dim <= 256 && head_dim % 4 == 0,
-         "apply_rope2d: head_dim must be a multiple of 4 in [4, 256], got " + std::to_string(head_dim));
+  expect_head_dim(head_dim, "apply_rope2d");
   expect_ref(pos_hw, "pos_hw", DType::kInt32, 2);
   expect(pos_hw.sizes[0] == x.sizes[0] && pos_hw.sizes[1] == 2 && is_contiguous(pos_hw), "pos_hw: expected contiguous [T, 2]");
   expect_ref(inv_freq, "inv_freq", DType::kFloat32, 1);
@@ -88,9 +87,19 @@ void apply_rope2d(const TensorRef& x, const TensorRef& pos_hw, const TensorRef& 
   cpu::kernels().apply_rope2d(p);
 }
 
+py::dict head_dim_range() {
+  py::dict d;
+  d["min"] = kMinHeadDim;
+  d["max"] = kMaxHeadDim;
+  d["multiple"] = kHeadDimMultiple;
+  return d;
+}
+
 }  // namespace
 
 void bind_rope(py::module_& m) {
+  m.def("head_dim_range", &head_dim_range,
+        "The head dims every rope2d op supports (min, max, multiple), declared once in vl3fast/rope_math.h.");
   m.def("rope2d_position_ids", &rope2d_position_ids, py::arg("item_table"), py::arg("pos_hw"), py::arg("cu_seqlens"),
         py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
   m.def("apply_rope2d", &apply_rope2d, py::arg("x"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"),

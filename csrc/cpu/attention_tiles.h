@@ -17,16 +17,17 @@
 #include <cstdint>
 
 #include "vl3fast/host_device.h"
+#include "vl3fast/rope_math.h"
 
 namespace vl3fast::cpu {
 
 constexpr int kAttnBlockQ = 64;      // backward query block
 constexpr int kAttnBlockK = 64;      // key block (forward and backward)
 constexpr int kAttnFwdBlockQ = 256;  // forward query block: each rotated K/V tile serves 256 queries
-constexpr int kAttnMaxHeadDim = 256;
+constexpr int kAttnMaxHeadDim = kMaxHeadDim;  // vl3fast/rope_math.h
 
 // The head dims with a compile-time fast path: VideoLLaMA3 (72), the Qwen2-VL family (80) and common ViTs.
-// Any other multiple of 4 up to kAttnMaxHeadDim runs the runtime head-dim path.  Declared once: the
+// Any other head dim of the rope2d ops (rope_math.h) runs the runtime head-dim path.  Declared once: the
 // kernel's switch (kernels/attention.cpp) and the Python list (core.attention_cpu_configs ->
 // vl3fast.ops.attention.ATTENTION_FAST_HEAD_DIMS) both expand it.
 #define VL3FAST_CPU_ATTN_FAST_HEAD_DIMS(X) X(64) X(72) X(80) X(128)

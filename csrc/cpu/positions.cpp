@@ -12,15 +12,12 @@ namespace vl3fast::cpu {
 void rope2d_position_ids(const PositionIdsParams& p) {
 #pragma omp parallel for schedule(dynamic, 1) if (p.num_tokens > 65536)
   for (int64_t item = 0; item < p.num_items; ++item) {
-    const int64_t* row = p.item_table + item * kItemFields;
-    const int64_t frame_len = row[kH] * row[kW];
-    int32_t* first = p.pos_hw + 2 * row[kTokenOffset];
-    for (int64_t local = 0; local < frame_len; ++local) {
-      const PatchPosition pos = patch_position(local, row[kW], row[kMerge]);
-      first[2 * local] = pos.row;
-      first[2 * local + 1] = pos.col;
-    }
-    for (int64_t frame = 1; frame < row[kT]; ++frame)
+    const int64_t* row = p.item_table + item * kGridFields;
+    const int64_t frame_len = row[kGridH] * row[kGridW];
+    int32_t* first = p.pos_hw + 2 * row[kGridPatchOffset];
+    for (int64_t local = 0; local < frame_len; ++local)
+      write_patch_position(local, row[kGridW], row[kGridMerge], first + 2 * local);
+    for (int64_t frame = 1; frame < row[kGridT]; ++frame)
       std::memcpy(first + 2 * frame * frame_len, first, sizeof(int32_t) * 2 * frame_len);
   }
   p.cu_seqlens[0] = 0;

@@ -110,14 +110,14 @@ __global__ void frame_diff_kernel(FrameKeepParams p) {
   const float thr = static_cast<float>(p.threshold);
   const float rule_diff = static_cast<float>(p.threshold + 1.0);
   for (int64_t it = blockIdx.y; it < p.num_items; it += gridDim.y) {
-    const int64_t* row = p.item_table + it * kPruneFields;
-    const int64_t t = row[kPrT], m = row[kPrMerge], n = tokens_per_frame(row);
+    const int64_t* row = p.item_table + it * kGridFields;
+    const int64_t t = row[kGridT], m = row[kGridMerge], n = tokens_per_frame(row);
     const int64_t K = m * m * p.row_width;
     const int64_t frame_rows = n * m * m;
     const TorchSumOrder o = torch_sum_order(K, p.sum_lanes);
     for (int64_t j = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp; j < n;
          j += static_cast<int64_t>(gridDim.x) * kWarpsPerBlock) {
-      const int64_t tok0 = row[kPrTokenOffset] + j;
+      const int64_t tok0 = row[kGridTokenOffset] + j;
       if (lane == 0) {
         p.keep[tok0] = true;
         if (p.diff) p.diff[tok0] = rule_diff;
@@ -163,8 +163,8 @@ __global__ void min_tokens_kernel(FrameKeepParams p) {
 __global__ void scan_values_kernel(KeepCompactParams p, int64_t* values) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.num_tokens; i += stride) {
-    const int64_t item = prune_item_of(p.item_table, p.num_items, kPrTokenOffset, i);
-    const int64_t m = p.item_table[item * kPruneFields + kPrMerge];
+    const int64_t item = grid_item_of(p.item_table, p.num_items, kGridTokenOffset, i);
+    const int64_t m = p.item_table[item * kGridFields + kGridMerge];
     values[i] = p.keep[i] ? (int64_t(1) | ((m * m) << 32)) : 0;
   }
 }
@@ -180,14 +180,14 @@ __global__ void scatter_kernel(KeepCompactParams p, const int64_t* values, const
     const int64_t out = pos[i] & 0xffffffffLL;
     int64_t patch_out = pos[i] >> 32;
     p.token_index[out] = i;
-    const int64_t item = prune_item_of(p.item_table, p.num_items, kPrTokenOffset, i);
-    const int64_t* row = p.item_table + item * kPruneFields;
-    const int64_t m = row[kPrMerge], n = tokens_per_frame(row);
-    const int64_t j = (i - row[kPrTokenOffset]) % n;
-    const int64_t first_patch = token_first_patch(row, i - row[kPrTokenOffset]);
+    const int64_t item = grid_item_of(p.item_table, p.num_items, kGridTokenOffset, i);
+    const int64_t* row = p.item_table + item * kGridFields;
+    const int64_t m = row[kGridMerge], n = tokens_per_frame(row);
+    const int64_t j = (i - row[kGridTokenOffset]) % n;
+    const int64_t first_patch = token_first_patch(row, i - row[kGridTokenOffset]);
     for (int64_t r = 0; r < m * m; ++r, ++patch_out) {
       p.patch_index[patch_out] = first_patch + r;
-      kept_patch_position(j, r, row[kPrW], m, p.patch_pos_hw + 2 * patch_out);
+      write_patch_position(j * m * m + r, row[kGridW], m, p.patch_pos_hw + 2 * patch_out);
     }
   }
   for (int64_t i = kept_tokens + first; i < M; i += stride) p.token_index[i] = -1;

@@ -8,6 +8,8 @@ from vl3fast.integrations.transformers_videollama3 import restore_attention, use
 
 from ..conftest import hf_modeling
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 GRID = torch.tensor([[1, 6, 10], [3, 4, 4], [1, 5, 3]])
 MERGE = torch.tensor([2, 2, 1])
 
@@ -59,11 +61,17 @@ def test_gradients_match():
         torch.testing.assert_close(p.grad, theirs[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_attention_outside_vision_forward_raises():
+def test_attention_outside_vision_forward_runs_transformers_path():
+    """Without the positions its tower's hook passes down, a swapped attention runs transformers' forward."""
     model = use_vl3fast_attention(_vision_model(2, 72))
     attention = model.encoder.layers[0].self_attn
-    with pytest.raises(RuntimeError, match="no patch positions"):
-        attention(torch.randn(4, 144), cu_seqlens=torch.tensor([0, 4], dtype=torch.int32), position_embeddings=None)
+    x, cu = torch.randn(4, 144), torch.tensor([0, 4], dtype=torch.int32)
+    cos, sin = model.rotary_pos_emb(x, torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]]))
+    with torch.no_grad():
+        ours, _ = attention(x, cu_seqlens=cu, position_embeddings=(cos, sin))
+        restore_attention(model)
+        theirs, _ = attention(x, cu_seqlens=cu, position_embeddings=(cos, sin))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 def test_full_model_and_no_vision_model():

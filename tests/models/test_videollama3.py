@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vl3fast
-from vl3fast.models.videollama3 import VideoLLaMA3Config, VideoLLaMA3ForCausalLM, downsample
+from vl3fast.models.videollama3 import VideoLLaMA3Config, VideoLLaMA3ForCausalLM, downsample_blocks
 from vl3fast.models.videollama3 import state_dict_adapter as adapter
 from vl3fast.models.videollama3.vision import VisionEncoder
 
@@ -151,7 +151,7 @@ def test_downsample_matches_bilinear_reference(m):
     merge = torch.tensor([m, m])
     x = torch.randn(int(grid.prod(1).sum()), 8)
     tokens = [int(t * (h // m) * (w // m)) for t, h, w in grid.tolist()]
-    torch.testing.assert_close(downsample(x, tokens, [m, m]), vl3fast.reference.downsample(x, grid, merge),
+    torch.testing.assert_close(downsample_blocks(x, tokens, [m, m]), vl3fast.reference.downsample(x, grid, merge),
                                rtol=1e-6, atol=1e-6)
 
 
@@ -330,7 +330,7 @@ def test_bad_settings():
     p = image_prompt([[1, 4, 6]], [1])
     with pytest.raises(ValueError, match="pixel_values has 24 patches but the grid describes 48"):
         model.vision(p["pixel_values"], torch.tensor([[2, 4, 6]]), torch.tensor([1]), backend="reference")
-    with pytest.raises(ValueError, match="divisible by merge size 4"):
+    with pytest.raises(ValueError, match=r"divisible by merge_sizes\[0\] = 4"):
         model.vision(p["pixel_values"], p["image_grid_thw"], torch.tensor([4]), backend="reference")
 
 

@@ -136,14 +136,26 @@ PROMPTS = {
 
 def left_pad_batch(prompts: list[dict], pad_id: int = 0) -> dict:
     """One batch from single prompts: left padding, visual tensors concatenated in batch order."""
+    return pad_batch(prompts, pad_id, side="left")
+
+
+def pad_batch(prompts: list[dict], pad_id: int = 0, side: str = "left") -> dict:
+    """One batch from single prompts padded on `side` (right for training), visual tensors concatenated in
+    batch order; "labels", when the prompts have them, are padded with -100."""
     length = max(p["input_ids"].shape[1] for p in prompts)
     ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    labels = torch.full((len(prompts), length), -100, dtype=torch.long)
     for i, p in enumerate(prompts):
         n = p["input_ids"].shape[1]
-        ids[i, length - n:] = p["input_ids"][0]
-        mask[i, length - n:] = 1
+        cols = slice(length - n, length) if side == "left" else slice(0, n)
+        ids[i, cols] = p["input_ids"][0]
+        mask[i, cols] = 1
+        if "labels" in p:
+            labels[i, cols] = p["labels"][0]
     batch = {"input_ids": ids, "attention_mask": mask}
+    if all("labels" in p for p in prompts):
+        batch["labels"] = labels
     for key in ("pixel_values", "image_grid_thw", "image_merge_sizes", "pixel_values_videos", "video_grid_thw",
                 "video_merge_sizes", "video_compression_mask"):
         parts = [p[key] for p in prompts if key in p]

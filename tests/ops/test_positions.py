@@ -51,4 +51,5 @@ def test_bad_grids(grid_thw, merge_sizes, error, match):
 
 
 def test_opcheck(grid):
-    torch.library.opcheck(torch.ops.vl3fast.rope2d_position_ids.default, grid)
+    g = vl3fast.ops.PackedGrid.from_grid(*grid)
+    torch.library.opcheck(torch.ops.vl3fast.rope2d_position_ids.default, (g.item_table(), g.num_patches, g.num_frames))

@@ -15,7 +15,7 @@ import torch
 
 import vl3fast
 from vl3fast.ops import (
-    frame_keep_mask, frame_token_diff, keep_compaction, prune_patches, prune_tokens, pruning_report,
+    PackedGrid, frame_keep_mask, frame_token_diff, keep_compaction, prune_patches, prune_tokens, pruning_report,
     rope2d_position_ids,
 )
 from vl3fast.reference.pruning import frame_keep_mask as reference_mask
@@ -334,10 +334,12 @@ def test_cpu_isa_levels_and_torch_capabilities_agree():
 def test_opcheck():
     frames = synthetic("noise1", 3, 4, 4, seed=1)
     px, grid = patchify(frames, 2)
-    g, ms = torch.tensor([grid]), torch.tensor([2])
-    torch.library.opcheck(torch.ops.vl3fast.frame_keep_mask.default, (px, g, ms, 0.1, 1, 8, True))
-    keep = frame_keep_mask(px, g, ms)
-    torch.library.opcheck(torch.ops.vl3fast.keep_compaction.default, (keep, g, ms))
+    g = PackedGrid.from_grid([grid], [2])
+    table = g.item_table()
+    torch.library.opcheck(torch.ops.vl3fast.frame_keep_mask.default,
+                          (px, table, g.num_tokens, g.num_frames, g.max_frame_tokens, 0.1, 1, 8, True))
+    keep = frame_keep_mask(px, g)
+    torch.library.opcheck(torch.ops.vl3fast.keep_compaction.default, (keep, table, g.num_patches, g.num_frames))
 
 
 def test_shared_grid_cases_match_transformers(grid):

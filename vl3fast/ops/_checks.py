@@ -9,6 +9,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .._backend import core
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT_DTYPES = (torch.int32, torch.int64)
 
@@ -43,11 +45,18 @@ def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
         )
 
 
+# The head dims every rope2d op supports, from their one declaration in the compiled core
+# (csrc/include/vl3fast/rope_math.h): 2D RoPE splits the head dim into row and column quarters.
+_HEAD_DIM_RANGE = core.head_dim_range()
+HEAD_DIMS = tuple(range(_HEAD_DIM_RANGE["min"], _HEAD_DIM_RANGE["max"] + 1, _HEAD_DIM_RANGE["multiple"]))
+HEAD_DIMS_TEXT = f"multiples of {_HEAD_DIM_RANGE['multiple']} in [{HEAD_DIMS[0]}, {HEAD_DIMS[-1]}]"
+
+
 def check_head_dim(name: str, head_dim: int) -> None:
-    if head_dim % 4 != 0 or not 4 <= head_dim <= 256:
+    if head_dim not in HEAD_DIMS:
         raise ValueError(
-            f"{name}: head dim must be a multiple of 4 in [4, 256] (2D RoPE splits it into row and column "
-            f"quarters), got {head_dim}"
+            f"{name}: head dim must be a multiple of {_HEAD_DIM_RANGE['multiple']} in [{HEAD_DIMS[0]}, "
+            f"{HEAD_DIMS[-1]}] (2D RoPE splits it into row and column quarters), got {head_dim}"
         )
 
 
@@ -72,7 +81,7 @@ def check_theta(theta: float) -> None:
 
 
 def check_grid(grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> None:
-    """Shape/dtype checks of a visual grid; values are checked by grid_values()."""
+    """Shape/dtype checks of a visual grid; its values are checked by check_grid_rows() (PackedGrid)."""
     check_tensor("grid_thw", grid_thw, dtypes=INT_DTYPES, ndim=2)
     check_tensor("merge_sizes", merge_sizes, dtypes=INT_DTYPES, ndim=1)
     if grid_thw.shape[1] != 3:
@@ -83,10 +92,8 @@ def check_grid(grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> None:
         )
 
 
-def grid_values(grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> list[tuple[int, int, int, int]]:
-    """[(t, h, w, m)] after checking the values.  This is the one host sync of a visual forward."""
-    check_grid(grid_thw, merge_sizes)
-    rows = [(*g, m) for g, m in zip(grid_thw.tolist(), merge_sizes.tolist())]
+def check_grid_rows(rows) -> None:
+    """Values of a grid read on the host, [(t, h, w, m)] per item."""
     for i, (t, h, w, m) in enumerate(rows):
         if min(t, h, w) <= 0:
             raise ValueError(f"grid_thw[{i}] = {(t, h, w)}: t, h and w must be positive")
@@ -97,4 +104,3 @@ def grid_values(grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> list[tuple
     total = sum(t * h * w for t, h, w, _ in rows)
     if total >= 1 << 31:
         raise ValueError(f"grid_thw: {total} patches in total; at most 2**31 - 1 are supported (int32 offsets)")
-    return rows

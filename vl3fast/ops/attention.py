@@ -19,6 +19,8 @@ from .._backend import core
 from ._bridge import DTYPE_CODES, stream_of, tensor_ref
 from ._checks import (
     FLOAT_DTYPES,
+    HEAD_DIMS,
+    HEAD_DIMS_TEXT,
     check_last_dim_contiguous,
     check_position_values,
     check_positions,
@@ -33,13 +35,12 @@ __all__ = [
     "ATTENTION_CUDA_DTYPES", "ATTENTION_CUDA_HEAD_DIMS",
 ]
 
-# The CPU kernel's matrix, from the single declaration in the compiled core (csrc/cpu/attention_tiles.h:
-# the fast paths and the max head dim).  Any multiple of 4 up to the max runs: 2D RoPE splits D into
-# four quarters; the fast-path head dims are compile-time specializations.
-_CPU_CONFIGS = core.attention_cpu_configs()
+# The CPU kernel's fast paths, from the single declaration in the compiled core (csrc/cpu/attention_tiles.h;
+# compile-time head-dim specializations).  Every head dim of the rope2d ops runs (HEAD_DIMS, from
+# csrc/include/vl3fast/rope_math.h).
 ATTENTION_DTYPES = FLOAT_DTYPES
-ATTENTION_FAST_HEAD_DIMS = tuple(_CPU_CONFIGS["fast_head_dims"])
-ATTENTION_HEAD_DIMS = tuple(range(4, _CPU_CONFIGS["max_head_dim"] + 1, 4))
+ATTENTION_FAST_HEAD_DIMS = tuple(core.attention_cpu_configs()["fast_head_dims"])
+ATTENTION_HEAD_DIMS = HEAD_DIMS
 # The CUDA kernel's matrix, from the single declaration in the compiled core.
 _CUDA_CONFIGS = core.attention_cuda_configs()
 _DTYPE_BY_CODE = {code: dtype for dtype, code in DTYPE_CODES.items()}
@@ -50,7 +51,7 @@ ATTENTION_CUDA_HEAD_DIMS = tuple(_CUDA_CONFIGS["head_dims"])
 def _check_head_dim(head_dim: int) -> None:
     if head_dim not in ATTENTION_HEAD_DIMS:
         raise ValueError(
-            f"q: head dim {head_dim} is not supported; supported: multiples of 4 in [4, {ATTENTION_HEAD_DIMS[-1]}] (2D RoPE splits "
+            f"q: head dim {head_dim} is not supported; supported: {HEAD_DIMS_TEXT} (2D RoPE splits "
             f"the head dim into row and column quarters), with fast paths for {ATTENTION_FAST_HEAD_DIMS}"
         )
 
@@ -219,8 +220,8 @@ def rope2d_attention(
 
     Args:
         q, k, v: `[T, H, D]` float32/bfloat16/float16, same shape and dtype, last dim contiguous (token and
-            head strides are free, so views of a fused qkv projection work).  D: a multiple of 4 up to 256
-            (2D RoPE splits it in quarters); 64, 72, 80 and 128 have compile-time fast paths.  On CUDA:
+            head strides are free, so views of a fused qkv projection work).  D: any of ATTENTION_HEAD_DIMS
+            (2D RoPE splits it in quarters); ATTENTION_FAST_HEAD_DIMS have compile-time fast paths.  On CUDA:
             bfloat16/float16 and head dims ATTENTION_CUDA_HEAD_DIMS (64, 72, 80, 96, 128) only.
         cu_seqlens: int32 `[S + 1]`, 0 first, non-decreasing, last == T; tokens attend only within their segment.
         pos_hw: int32 `[T, 2]` (row, col) per token, e.g. from `vl3fast.ops.rope2d_position_ids`.

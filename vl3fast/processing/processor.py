@@ -248,13 +248,12 @@ class VideoLLaMA3Processor:
             prepared.append(frames)
         return prepared, labelers
 
-    def _video_replacements(self, vis: VisualInputs, mask: torch.Tensor, labelers) -> list[str]:
-        """transformers' `replace_video_token` for every video: kept tokens per frame, with time labels."""
-        out, start = [], 0
-        for k, ((t, h, w), m) in enumerate(zip(vis.grid_thw.tolist(), vis.merge_sizes.tolist())):
-            n = t * h * w // (m * m)
-            kept = mask[start:start + n].view(t, n // t).sum(1).tolist()
-            start += n
+    def _video_replacements(self, vis: VisualInputs, grid, labelers) -> list[str]:
+        """transformers' `replace_video_token` for every video: kept tokens per frame (``grid``: the videos'
+        PackedGrid with the keep mask's counts), with time labels."""
+        out = []
+        for k, t in enumerate(it.t for it in grid.items):
+            kept = grid.kept_per_frame[grid.frame_slice(k)]
             labels = labelers[k](vis, k)
             if len(labels) != t:
                 raise ValueError(f"video {k}: {len(labels)} timestamps for {t} frames")
@@ -305,15 +304,16 @@ class VideoLLaMA3Processor:
             budget = None if max_visual_tokens is None else max_visual_tokens - image_tokens
             vis = preprocess_videos(prepared, config, max_visual_tokens=budget, threads=threads, timeout=timeout,
                                     progress=progress)
-            if compress:
-                from .. import ops
+            from .. import ops
 
-                mask = ops.frame_keep_mask(vis.pixel_values, vis.grid_thw, vis.merge_sizes)
+            grid = ops.PackedGrid.from_grid(vis.grid_thw, vis.merge_sizes)
+            if compress:
+                mask = ops.frame_keep_mask(vis.pixel_values, grid)
             else:
-                mask = torch.ones(sum(vis.num_tokens), dtype=torch.bool)
+                mask = torch.ones(grid.num_tokens, dtype=torch.bool)
             data.update(pixel_values_videos=vis.pixel_values, video_grid_thw=vis.grid_thw,
                         video_merge_sizes=vis.merge_sizes, video_compression_mask=mask)
-            video_reps = self._video_replacements(vis, mask, labelers)
+            video_reps = self._video_replacements(vis, grid.with_keep(mask), labelers)
 
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)

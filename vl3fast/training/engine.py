@@ -2,9 +2,9 @@
 
 Both engines take the same parameter groups (modules.freeze_and_group), the same optimizer, schedule and
 clipping, so a DeepSpeed run and a plain torch run of the same data give the same losses (tested).
-The loss handed to ``backward`` is already normalised by the supervised-token count of the whole step (all
-micro-batches, all ranks) and multiplied by the world size, because data-parallel reduction averages
-gradients over ranks; DeepSpeed's own 1/gradient_accumulation_steps scaling is therefore turned off.
+The loss handed to ``backward`` is ``loss.normalised_loss`` of the micro-batch's summed cross-entropy with the
+engine's ``loss_normalisation``: DeepSpeed averages gradients over ranks and scales by
+1/gradient_accumulation_steps, which the factor undoes; plain torch needs neither.
 """
 from __future__ import annotations
 
@@ -115,6 +115,13 @@ class TorchEngine:
         self.params = [p for g in groups for p in g["params"]]
         self.grad_norm = None
 
+    @property
+    def loss_normalisation(self) -> dict:
+        return {"world_size": 1, "grad_accum": 1}
+
+    def forward(self, batch):
+        return self.module(batch)
+
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
@@ -169,8 +176,15 @@ class DeepSpeedEngine:
     def zero_stage(self) -> int:
         return self.engine.zero_optimization_stage()
 
+    @property
+    def loss_normalisation(self) -> dict:
+        return {"world_size": self.engine.dp_world_size, "grad_accum": self.engine.gradient_accumulation_steps()}
+
+    def forward(self, batch):
+        return self.engine(batch)  # DeepSpeed's forward prologue (ZeRO-3 hooks, autocast) runs
+
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss, scale_wrt_gas=False)
+        self.engine.backward(loss)
 
     def micro_step_done(self) -> None:
         # DeepSpeed counts micro-steps itself and updates on the accumulation boundary only.  Without ZeRO it

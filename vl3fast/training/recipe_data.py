@@ -30,7 +30,7 @@ class StepData:
 
     def __init__(self, loader, grad_accum: int):
         self.loader, self.grad_accum = loader, grad_accum
-        self.steps_per_epoch = len(loader) // grad_accum
+        self.micro_steps_per_epoch = len(loader)
         self._it = None
 
     def next_step(self) -> list:

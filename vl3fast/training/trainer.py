@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from . import checkpoint, distributed, metrics
 from .config import Config, ConfigError, origin_of, write_resolved
+from .loss import global_supervised_count, normalised_loss
 from .engine import build_engine, optimizer_checksum, parameter_checksum, resolve_ds_config
 from .modules import apply_lora, freeze_and_group, trainable_summary
 from .model_init import build_model, copy_processor_files, resolve_dtype
@@ -100,12 +101,14 @@ def train(cfg: Config, *, resume: str | None = None, data=None, loss_fn=None) ->
 
         loss_fn = default_loss_fn()
     dist = distributed.init(use_ds)
-    steps_total = data.steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps is not None:
-        steps_total = min(steps_total, cfg.train.max_steps)
+    # train.max_steps, when set, is the run's length (epochs then only bound nothing: the data repeats)
+    gas = cfg.train.gradient_accumulation_steps
+    steps_total = cfg.train.max_steps if cfg.train.max_steps is not None else \
+        data.micro_steps_per_epoch * cfg.train.epochs // gas
     if steps_total < 1:
-        raise ConfigError(f"{origin_of(cfg)}: the data gives {data.steps_per_epoch} optimizer step(s) per epoch "
-                          f"and train.max_steps is {cfg.train.max_steps}: nothing to train")
+        raise ConfigError(f"{origin_of(cfg)}: {cfg.train.epochs} epoch(s) of {data.micro_steps_per_epoch} packed "
+                          f"micro-batch(es) per rank make no step of {gas} (train.gradient_accumulation_steps); "
+                          "add data, lower the accumulation, or set train.max_steps")
 
     model = apply_lora(model, cfg.lora, cfg.train.lr)
     groups = freeze_and_group(model, cfg.train.lr, cfg.lora, cfg.train.weight_decay)
@@ -143,21 +146,16 @@ def train(cfg: Config, *, resume: str | None = None, data=None, loss_fn=None) ->
     try:
         for step in range(start_step, steps_total):
             batches = data.next_step()
-            local = [0.0, 0.0, 0.0, 0.0, 0.0]
-            for b in batches:
-                s = data.batch_stats(b)
-                local = [x + y for x, y in zip(local, (s["supervised"], s["tokens"], s["patches"], s["merged"], 0.0))]
-            n_sup, n_tok, n_patch, n_merged, _ = distributed.all_reduce_sum(local, dist.device)
-            if n_sup <= 0:
-                raise ValueError(f"step {step + 1}: no token is supervised in any micro-batch of any rank; the "
-                                 "loader should never emit such a step (check the annotations with vl3fast data "
-                                 "validate)")
-            scale = dist.world_size / n_sup
+            stats = [data.batch_stats(b) for b in batches]
+            # the loss of the step: supervised-token sum over the window and all ranks / their global count
+            n_sup = global_supervised_count([s["supervised"] for s in stats])
+            n_tok, n_patch, n_merged = distributed.all_reduce_sum(
+                [float(sum(s[k] for s in stats)) for k in ("tokens", "patches", "merged")], dist.device)
             lrs = engine.lrs()  # the rates of this update (DeepSpeed advances the schedule in the last micro-step)
             loss_local = 0.0
             for b in batches:
-                loss_sum, _ = engine.engine(b) if engine.name == "deepspeed" else engine.module(b)
-                engine.backward(loss_sum * scale)
+                loss_sum, _ = engine.forward(b)
+                engine.backward(normalised_loss(loss_sum, n_sup, **engine.loss_normalisation))
                 engine.micro_step_done()
                 loss_local += float(loss_sum.detach())
             engine.step()
@@ -170,7 +168,7 @@ def train(cfg: Config, *, resume: str | None = None, data=None, loss_fn=None) ->
             done = step + 1
             record = None
             if done % cfg.run.log_every == 0 or done == steps_total:
-                ids = distributed.all_gather_object([data.batch_stats(b).get("sample_ids", []) for b in batches])
+                ids = distributed.all_gather_object([s.get("sample_ids", []) for s in stats])
                 mem = max(distributed.all_gather_object(metrics.peak_memory_bytes(dist.device)))
                 flops = metrics.model_flops(flop_counts, n_tok, n_patch, n_merged)
                 record = {"step": done, "loss": loss_total / n_sup, "lr": lrs, "grad_norm": engine.grad_norm,

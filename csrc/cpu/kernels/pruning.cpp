@@ -82,8 +82,8 @@ static void frame_keep_typed(const FrameKeepParams& p) {
 #pragma omp parallel
   {
     for (int64_t it = 0; it < p.num_items; ++it) {
-      const int64_t* row = p.item_table + it * kPruneFields;
-      const int64_t t = row[kPrT], m = row[kPrMerge], n = tokens_per_frame(row);
+      const int64_t* row = p.item_table + it * kGridFields;
+      const int64_t t = row[kGridT], m = row[kGridMerge], n = tokens_per_frame(row);
       const int64_t K = m * m * p.row_width;
       const int64_t frame_rows = n * m * m;  // pixel rows per frame
       const TorchSumOrder o = torch_sum_order(K, p.sum_lanes);
@@ -96,15 +96,15 @@ static void frame_keep_typed(const FrameKeepParams& p) {
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t j0 = b * B, j1 = j0 + B < n ? j0 + B : n;
         for (int64_t j = j0; j < j1; ++j) {
-          p.keep[row[kPrTokenOffset] + j] = true;  // frame 0 (or the only frame) is kept by rule
-          if (p.diff) p.diff[row[kPrTokenOffset] + j] = rule_diff;
+          p.keep[row[kGridTokenOffset] + j] = true;  // frame 0 (or the only frame) is kept by rule
+          if (p.diff) p.diff[row[kGridTokenOffset] + j] = rule_diff;
         }
         const T* prev_block = pixels + token_first_patch(row, j0) * p.row_stride;
         for (int64_t f = 1; f < t; ++f) {
           const T* cur_block = prev_block + frame_rows * p.row_stride;
           for (int64_t j = j0; j < j1; ++j) {
             const float d = token_diff(cur_block + (j - j0) * K, prev_block + (j - j0) * K, K, o);
-            const int64_t tok = row[kPrTokenOffset] + f * n + j;
+            const int64_t tok = row[kGridTokenOffset] + f * n + j;
             p.keep[tok] = d > thr;  // NaN compares false: the token is dropped, as in torch
             if (p.diff) p.diff[tok] = d;
           }
@@ -154,7 +154,7 @@ void keep_compaction(const KeepCompactParams& p) {
     for (int64_t f = 0; f < F; ++f) {
       const FrameSpan s = frame_span(p.item_table, p.num_items, f);
       const int64_t mm = s.merge * s.merge;
-      const int64_t w = p.item_table[s.item * kPruneFields + kPrW];
+      const int64_t w = p.item_table[s.item * kGridFields + kGridW];
       int64_t out = p.token_cu[f], patch_out = p.patch_cu[f];
       for (int64_t i = s.begin; i < s.end; ++i) {
         if (!p.keep[i]) continue;
@@ -162,7 +162,7 @@ void keep_compaction(const KeepCompactParams& p) {
         const int64_t j = i - s.begin;
         for (int64_t r = 0; r < mm; ++r, ++patch_out) {
           p.patch_index[patch_out] = s.patch_begin + j * mm + r;
-          kept_patch_position(j, r, w, s.merge, p.patch_pos_hw + 2 * patch_out);
+          write_patch_position(j * mm + r, w, s.merge, p.patch_pos_hw + 2 * patch_out);
         }
       }
     }

@@ -10,8 +10,6 @@
 namespace vl3fast::cpu::VL3FAST_ISA_NS {
 namespace {
 
-constexpr int kMaxHeadDim = 256;  // checked by the bindings before dispatch
-
 template <typename T>
 void rope2d_typed(const Rope2dParams& p) {
   const int half = p.head_dim / 2;
@@ -21,7 +19,7 @@ void rope2d_typed(const Rope2dParams& p) {
   T* out = static_cast<T*>(p.out);
 #pragma omp parallel
   {
-    float cos_v[kMaxHeadDim / 2], sin_v[kMaxHeadDim / 2];  // no std::vector: see scalar_types.h
+    float cos_v[kMaxHeadDim / 2], sin_v[kMaxHeadDim / 2];  // no std::vector (scalar_types.h); D checked by the bindings
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < p.num_tokens; ++t) {
       const int32_t row = p.pos_hw[2 * t], col = p.pos_hw[2 * t + 1];

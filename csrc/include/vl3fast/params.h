@@ -7,9 +7,9 @@
 
 namespace vl3fast {
 
-// pos_hw and cu_seqlens for a packed visual batch (see positions.h for the ordering).
+// pos_hw and cu_seqlens for a packed visual batch (see packed_grid.h for the ordering).
 struct PositionIdsParams {
-  const int64_t* item_table = nullptr;  // [num_items, kItemFields]
+  const int64_t* item_table = nullptr;  // [num_items, kGridFields] (packed_grid.h)
   int64_t num_items = 0;
   int64_t num_tokens = 0;   // T = sum t*h*w
   int64_t num_frames = 0;   // S = sum t
@@ -43,7 +43,7 @@ struct FrameKeepParams {
   DType dtype = DType::kFloat32;
   int64_t row_stride = 0;
   int64_t row_width = 0;
-  const int64_t* item_table = nullptr;  // [num_items, kPruneFields] (pruning.h)
+  const int64_t* item_table = nullptr;  // [num_items, kGridFields] (packed_grid.h)
   int64_t num_items = 0;
   int64_t num_tokens = 0;  // M merged tokens
   int64_t num_frames = 0;  // F frames (images count as one)
@@ -59,7 +59,7 @@ struct FrameKeepParams {
 // per-frame segment bounds.  Fixed-size outputs (no host sync): entries past the kept count are -1.
 struct KeepCompactParams {
   const bool* keep = nullptr;           // [M]
-  const int64_t* item_table = nullptr;  // [num_items, kPruneFields]
+  const int64_t* item_table = nullptr;  // [num_items, kGridFields] (packed_grid.h)
   int64_t num_items = 0;
   int64_t num_tokens = 0;   // M
   int64_t num_patches = 0;  // P
@@ -82,7 +82,8 @@ namespace vl3fast {
 // inside the kernel (see Rope2dParams for the rotation).  q/k/v/out/dout/dq/dk/dv are [T, H, D] with
 // the last dim contiguous and arbitrary token/head strides (views of a fused qkv projection work).
 // lse is the log-sum-exp of the scaled logits, float32 [H, T] contiguous.  `workspace` is caller-owned
-// scratch of `workspace_bytes` bytes (size from cpu/attention_tiles.h); kernels never allocate.
+// scratch of `workspace_bytes` bytes (size: rope2d_attention_workspace_bytes, from cpu/attention_tiles.h on
+// the CPU and vl3fast/attention_tc.h on CUDA); kernels never allocate.
 struct AttentionParams {
   const void* q = nullptr;
   const void* k = nullptr;

@@ -1,10 +1,9 @@
 // Index arithmetic and summation order of the Differential Frame Pruner (spec C), shared by the CPU
 // and CUDA kernels (VL3FAST_HD), so the CPU tests exercise the arithmetic a GPU runs.
 //
-// Layout.  pixel_values rows are item -> frame -> merged block -> in-block patch (spec A), so the
-// m*m patches of one merged token are m*m consecutive rows: a merged token is one contiguous run of
-// K = m*m*row_width values.  Merged tokens are numbered the same way (item -> frame -> block),
-// which is the order of the keep mask and of the encoder's merged features.
+// Layout (packed_grid.h).  The m*m patches of one merged token are m*m consecutive pixel rows: a merged
+// token is one contiguous run of K = m*m*row_width values.  The keep mask and the encoder's merged
+// features follow the merged-token order (item -> frame -> block).
 //
 // Summation order.  transformers computes d = |P_t - P_{t-1}|.mean(-1) * 255 with torch's CPU
 // float32 sum, whose rounding depends on its order: at::native's cascade_sum over a contiguous row
@@ -19,65 +18,9 @@
 #include <cstdint>
 
 #include "vl3fast/host_device.h"
-#include "vl3fast/table_search.h"
+#include "vl3fast/packed_grid.h"
 
 namespace vl3fast {
-
-// One row of the item table built by vl3fast/ops/pruning.py.
-enum PruneField : int {
-  kPrT = 0, kPrH = 1, kPrW = 2, kPrMerge = 3,
-  kPrPatchOffset = 4,  // first pixel row of the item
-  kPrFrameOffset = 5,  // first frame (attention segment) of the item
-  kPrTokenOffset = 6,  // first merged token of the item
-  kPruneFields = 7
-};
-
-// Item of a packed merged token or frame (see table_search.h).
-VL3FAST_HD int64_t prune_item_of(const int64_t* table, int64_t n, int field, int64_t value) {
-  return last_row_at_most(table, n, kPruneFields, field, value);
-}
-
-VL3FAST_HD int64_t tokens_per_frame(const int64_t* row) {
-  return (row[kPrH] / row[kPrMerge]) * (row[kPrW] / row[kPrMerge]);
-}
-
-// The merged tokens [begin, end) of global frame `frame` (images count as one frame).
-struct FrameSpan {
-  int64_t item;
-  int64_t begin;        // first merged token
-  int64_t end;          // one past the last merged token
-  int64_t patch_begin;  // first pixel row
-  int64_t merge;        // m
-  int64_t frame_in_item;
-};
-
-VL3FAST_HD FrameSpan frame_span(const int64_t* table, int64_t num_items, int64_t frame) {
-  FrameSpan s;
-  s.item = prune_item_of(table, num_items, kPrFrameOffset, frame);
-  const int64_t* row = table + s.item * kPruneFields;
-  const int64_t n = tokens_per_frame(row);
-  s.frame_in_item = frame - row[kPrFrameOffset];
-  s.begin = row[kPrTokenOffset] + s.frame_in_item * n;
-  s.end = s.begin + n;
-  s.merge = row[kPrMerge];
-  s.patch_begin = row[kPrPatchOffset] + s.frame_in_item * row[kPrH] * row[kPrW];
-  return s;
-}
-
-// First pixel row of merged token `token` of item row `row` (token counted from the item start).
-VL3FAST_HD int64_t token_first_patch(const int64_t* row, int64_t token_in_item) {
-  return row[kPrPatchOffset] + token_in_item * row[kPrMerge] * row[kPrMerge];
-}
-
-// (row, col) of in-block patch r of merged token `j` (index inside its frame): the original
-// RoPE position of that patch (same as vl3fast/positions.h patch_position(j*m*m + r, w, m)).
-VL3FAST_HD void kept_patch_position(int64_t j, int64_t r, int64_t w, int64_t m, int32_t* pos) {
-  const int64_t blocks_per_row = w / m;
-  const int64_t block_row = j / blocks_per_row;
-  const int64_t block_col = j - block_row * blocks_per_row;
-  pos[0] = static_cast<int32_t>(block_row * m + r / m);
-  pos[1] = static_cast<int32_t>(block_col * m + r % m);
-}
 
 // torch's CeilLog2 (aten/src/ATen/native/cpu/utils.h): 1 for x <= 2, else bit width of x - 1.
 VL3FAST_HD int64_t torch_ceil_log2(int64_t x) {

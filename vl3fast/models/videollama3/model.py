@@ -20,9 +20,8 @@ from . import checkpoint
 from . import state_dict_adapter as adapter
 from .config import VideoLLaMA3Config
 from .projector import Projector
-from .vision import DEFAULT_BACKEND, VisionEncoder, check_backend
+from .vision import DEFAULT_BACKEND, DEFAULT_PRUNING, VisionEncoder, check_backend, check_pruning
 
-PRUNING_PLACEMENTS = ("after", "before")
 VISUAL_KEYS = ("pixel_values", "image_grid_thw", "image_merge_sizes", "pixel_values_videos", "video_grid_thw",
                "video_merge_sizes", "video_compression_mask")
 
@@ -33,7 +32,8 @@ def video_keep_mask(pixel_values_videos, video_grid_thw, video_merge_sizes) -> t
 
 
 class VideoLLaMA3ForCausalLM(nn.Module):
-    def __init__(self, config: VideoLLaMA3Config, *, attn_backend: str | None = None, pruning: str = "after"):
+    def __init__(self, config: VideoLLaMA3Config, *, attn_backend: str | None = None,
+                 pruning: str = DEFAULT_PRUNING):
         super().__init__()
         from transformers import Qwen2ForCausalLM
 
@@ -59,9 +59,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
 
     @pruning.setter
     def pruning(self, value: str) -> None:
-        if value not in PRUNING_PLACEMENTS:
-            raise ValueError(f"pruning must be one of {list(PRUNING_PLACEMENTS)}, got {value!r}")
-        self._pruning = value
+        self._pruning = check_pruning(value)
 
     @property
     def device(self) -> torch.device:
@@ -74,7 +72,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     # ---- vision ----------------------------------------------------------------------------------------------------
     def get_visual_features(self, pixel_values, grid_thw, merge_sizes, keep_mask=None) -> torch.Tensor:
         """Projected features ``[M, E]`` of every merged token, in item order; with ``keep_mask`` only the
-        kept ones, pruned after the encoder or before it (``self.pruning``)."""
+        kept ones, pruned after the encoder or before it (``self.pruning``, vision.PRUNING_PLACEMENTS)."""
         x_MC = self.vision(pixel_values, grid_thw, merge_sizes, backend=self.attn_backend, keep_M=keep_mask,
                            prune=self.pruning)  # one host sync in all cases
         return self.projector(x_MC)
@@ -151,10 +149,71 @@ class VideoLLaMA3ForCausalLM(nn.Module):
             new_ids[i, length - len(ids):], new_mask[i, length - len(ids):] = ids, mask
         return new_ids, new_mask, visual
 
+    # ---- training ------------------------------------------------------------------------------------------------
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in backward: every vision encoder layer and every LLM decoder layer."""
+        self.vision.gradient_checkpointing = True
+        llm = self.language_model
+        if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.vision.gradient_checkpointing = False
+        llm = self.language_model
+        (getattr(llm, "activation_checkpointing_disable", None) or llm.gradient_checkpointing_disable)()
+
+    def forward_packed(self, batch, *, reduction: str = "sum") -> tuple[torch.Tensor, int]:
+        """The training forward on a `vl3fast.training.PackedBatch`: ``(loss_sum, num_supervised)``, the fp32
+        sum of the cross-entropy over the batch's supervised tokens and their count (a host int).
+
+        - One vision-encoder call covers every image and frame of the batch (pruned per the batch's keep
+          mask, placement ``self.pruning``); a batch without media encodes the collator's dummy item and adds
+          its features x0, so every rank runs the same modules (ZeRO-3 lockstep).
+        - Samples never see each other: on CPU transformers builds a block-causal mask from the restarting
+          ``position_ids`` (attention_mask None, no cache); with a flash-attention LLM the batch's int32
+          ``cu_seqlens`` go to varlen attention.
+        - ``lm_head`` runs only on the rows whose next token is a target (``batch.loss_rows``).
+        Host sizes come from ``batch.meta``: no host sync here.  reduction="none" gives the per-target losses
+        ``[n]`` (in ``batch.loss_rows`` order) instead of their sum.
+        """
+        if reduction not in ("sum", "none"):
+            raise ValueError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+        meta = batch.meta
+        embeds_1TE = self.language_model.get_input_embeddings()(batch.input_ids)
+        keep = batch.keep_mask if not batch.dummy else None
+        grid = ops.PackedGrid.from_items(meta.grid_thw, meta.merge_sizes,
+                                         keep=meta.keep_list if keep is not None else None)  # host sizes: no sync
+        x_MC = self.vision(batch.pixel_values.to(self.dtype), backend=self.attn_backend, keep_M=keep,
+                           prune=self.pruning, grid=grid)
+        feats_ME = self.projector(x_MC).to(embeds_1TE.dtype)
+        if batch.dummy:
+            embeds_1TE = embeds_1TE + feats_ME.sum() * 0.0  # the dummy's gradient path, worth nothing
+        else:
+            if feats_ME.shape[0] != batch.visual_rows.numel():
+                raise ValueError(f"the batch has {batch.visual_rows.numel()} visual placeholders but its media give "
+                                 f"{feats_ME.shape[0]} features (samples {list(meta.sample_ids)})")
+            embeds_1TE = embeds_1TE.index_copy(1, batch.visual_rows, feats_ME[None])
+        llm_kwargs = {}
+        if "flash" in str(getattr(self.language_model.config, "_attn_implementation", "")):
+            llm_kwargs = dict(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
+                              max_length_q=meta.max_seqlen, max_length_k=meta.max_seqlen)
+        hidden_1TE = self.language_model.model(inputs_embeds=embeds_1TE, position_ids=batch.position_ids,
+                                               attention_mask=None, use_cache=False, **llm_kwargs).last_hidden_state
+        rows_nE = hidden_1TE[0].index_select(0, batch.loss_rows)
+        logits_nV = self.language_model.lm_head(rows_nE).float()
+        loss = torch.nn.functional.cross_entropy(logits_nV, batch.loss_targets, reduction=reduction)
+        return loss, meta.num_supervised
+
     # ---- LLM -----------------------------------------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, *, packed=None, **kwargs):
         """transformers' CausalLMOutputWithPast of the LLM (``logits [B, L, V]``); extra keyword arguments
-        other than the processor's visual keys go to Qwen2ForCausalLM (labels, position_ids, ...)."""
+        other than the processor's visual keys go to Qwen2ForCausalLM (labels, position_ids, ...).
+        ``packed=PackedBatch`` runs the training forward instead (`forward_packed`), so a wrapping engine
+        (DeepSpeed) drives it through its own ``forward``."""
+        if packed is not None:
+            return self.forward_packed(packed)
         visual = {k: kwargs.pop(k) for k in VISUAL_KEYS if k in kwargs}
         input_ids, attention_mask, visual = self.official_placeholders(input_ids, attention_mask, visual)
         embeds_BLE = self.embed(input_ids, **visual)
@@ -172,7 +231,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_repo_id, *, dtype: torch.dtype | str | None = None, device=None,
-                        attn_backend: str | None = None, pruning: str = "after") -> "VideoLLaMA3ForCausalLM":
+                        attn_backend: str | None = None, pruning: str = DEFAULT_PRUNING) -> "VideoLLaMA3ForCausalLM":
         """Loads a local checkpoint in either format (detected from config.json's model_type).
 
         Keys, shapes and formats are checked against the model before any tensor is read; on a mismatch a
@@ -243,15 +302,12 @@ class VideoLLaMA3ForCausalLM(nn.Module):
             self._write_checkpoint(tmp, max_shard_bytes, fmt)
 
     def _write_checkpoint(self, directory: str, max_shard_bytes: int, fmt: str) -> None:
-        rename = {"native": adapter.vl3fast_to_native_key, "official": adapter.vl3fast_to_official_key}[fmt]
         cfg = self.config.to_dict(fmt)
         cfg["dtype"] = str(self.dtype).removeprefix("torch.")
-        tensors = {}
-        for name, tensor in self.state_dict().items():
-            if name == "language_model.lm_head.weight" and self.config.tie_word_embeddings:
-                continue  # tied to the embedding; transformers re-ties it from the config
-            tensors[rename(name)] = adapter.to_checkpoint(
-                name, tensor, self.config.vision.patch_size, self.config.vision.num_channels)
+        # tied lm_head left out: transformers re-ties it from the config
+        tensors = adapter.export_tensors(self.state_dict(), fmt, patch_size=self.config.vision.patch_size,
+                                         num_channels=self.config.vision.num_channels,
+                                         tie_word_embeddings=self.config.tie_word_embeddings)
         checkpoint.save_safetensors(tensors, directory, max_shard_bytes)
         with open(os.path.join(directory, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)

@@ -113,3 +113,34 @@ def vision_state_from_transformers(hf_vision_state: dict) -> dict:
             raise ValueError(f"unexpected key in a transformers vision state dict: {key}")
         state[name.removeprefix("vision.")] = from_checkpoint(name, value, None)
     return state
+
+
+_FUSED_QKV = ".self_attn.qkv."
+
+
+def export_tensors(named_tensors, fmt: str = "native", *, patch_size: int = 14, num_channels: int = 3,
+                   tie_word_embeddings: bool = False) -> dict:
+    """Checkpoint tensors (keys of `fmt`: "native" or "official") from vl3fast names -> tensors as
+    ``named_parameters()`` gives them.  The fused vision ``qkv`` is split into ``q_proj`` / ``k_proj`` /
+    ``v_proj`` here, so a checkpoint written from parameters directly (DeepSpeed ZeRO-3's consolidated
+    16-bit state dict and zero_to_fp32 walk named_parameters, never the module's state-dict hooks) has the
+    released key layout.  Names already split (a ``state_dict()``) pass through.  A leading ``module.``
+    (an engine wrapper) is dropped; the tied ``lm_head`` is left out when `tie_word_embeddings`."""
+    to_key = {"native": vl3fast_to_native_key, "official": vl3fast_to_official_key}.get(fmt)
+    if to_key is None:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; supported: ['native', 'official']")
+    out = {}
+    for name, tensor in dict(named_tensors).items():
+        name = name.removeprefix("module.")
+        if tie_word_embeddings and name == "language_model.lm_head.weight":
+            continue
+        if _FUSED_QKV in name:
+            head, kind = name.split(_FUSED_QKV)
+            if tensor.shape[0] % 3:
+                raise ValueError(f"{name}: fused qkv of shape {tuple(tensor.shape)} is not 3 equal parts")
+            for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.detach().chunk(3, dim=0)):
+                split = f"{head}.self_attn.{part}.{kind}"
+                out[to_key(split)] = piece.contiguous()
+            continue
+        out[to_key(name)] = to_checkpoint(name, tensor.detach(), patch_size, num_channels)
+    return out

@@ -10,15 +10,21 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ... import ops, reference
 from .config import VisionConfig
 
 ATTENTION_BACKENDS = ("vl3fast", "reference")
 DEFAULT_BACKEND = "vl3fast"
+# Where frame pruning drops tokens.  "after" (the default) is the released model's semantics: every patch is
+# encoded and the pruned merged tokens are dropped after the downsample.  "before" (opt-in): pruned patches
+# never enter the encoder, and the kept ones keep their true (row, col) positions.
+PRUNING_PLACEMENTS = ("after", "before")
+DEFAULT_PRUNING = "after"
 
 
-def rope2d_attention(backend: str, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, *, theta: float, max_seqlen: int):
+def attend(backend: str, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, *, theta: float, max_seqlen: int):
     """The one place the attention backend is chosen: ``"vl3fast"`` is the fused op; ``"reference"`` is the
     fp32-RoPE + per-segment SDPA oracle (it reads cu_seqlens on the host in every call)."""
     if backend == "vl3fast":
@@ -32,6 +38,12 @@ def check_backend(backend: str) -> str:
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; supported: {list(ATTENTION_BACKENDS)}")
     return backend
+
+
+def check_pruning(placement: str) -> str:
+    if placement not in PRUNING_PLACEMENTS:
+        raise ValueError(f"pruning must be one of {list(PRUNING_PLACEMENTS)}, got {placement!r}")
+    return placement
 
 
 def _cpu_half_gemm_is_native(dtype: torch.dtype) -> bool:
@@ -65,6 +77,15 @@ def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     return F.linear(x, w, layer.bias)
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose forward is `linear` above.  Every parameterised layer of the encoder is called as a
+    module, so wrappers that act in a module's own forward hooks (DeepSpeed ZeRO-3 gathers a module's
+    partitioned parameters in its pre-forward hook, not recursively) see the layer run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self)
+
+
 _QKV = ("q_proj", "k_proj", "v_proj")
 
 
@@ -77,17 +98,16 @@ class Attention(nn.Module):
         super().__init__()
         c = cfg.hidden_size
         self.num_heads, self.head_dim, self.theta = cfg.num_attention_heads, cfg.head_dim, cfg.rope_theta
-        self.qkv = nn.Linear(c, 3 * c)
-        self.out_proj = nn.Linear(c, c)
+        self.qkv = Linear(c, 3 * c)
+        self.out_proj = Linear(c, c)
         self.register_state_dict_post_hook(_split_qkv)
         self.register_load_state_dict_pre_hook(_fuse_qkv)
 
     def forward(self, x_PC, cu_seqlens, pos_hw, max_seqlen: int, backend: str):
         # [P, 3C] -> three strided [P, H, D] views (token stride 3C, last dim contiguous): the op takes them as is.
-        q_PHD, k_PHD, v_PHD = linear(x_PC, self.qkv).view(x_PC.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
-        o_PHD = rope2d_attention(backend, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=self.theta,
-                                 max_seqlen=max_seqlen)
-        return linear(o_PHD.reshape(x_PC.shape), self.out_proj)
+        q_PHD, k_PHD, v_PHD = self.qkv(x_PC).view(x_PC.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
+        o_PHD = attend(backend, q_PHD, k_PHD, v_PHD, cu_seqlens, pos_hw, theta=self.theta, max_seqlen=max_seqlen)
+        return self.out_proj(o_PHD.reshape(x_PC.shape))
 
 
 def _split_qkv(module, state_dict, prefix, local_metadata) -> None:
@@ -107,17 +127,17 @@ def _fuse_qkv(module, state_dict, prefix, local_metadata, strict, missing_keys, 
 class MLP(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x_PC):
-        h_PI = linear(x_PC, self.fc1)
+        h_PI = self.fc1(x_PC)
         # in place when no gradient is recorded: saves a fresh [P, 4304] buffer (page faults + a write pass)
         if _records_grad(h_PI):
             h_PI = F.gelu(h_PI, approximate="tanh")
         else:
             h_PI = torch.ops.aten.gelu_(h_PI, approximate="tanh")
-        return linear(h_PI, self.fc2)
+        return self.fc2(h_PI)
 
 
 class EncoderLayer(nn.Module):
@@ -144,14 +164,14 @@ def _residual(x_PC: torch.Tensor, y_PC: torch.Tensor) -> torch.Tensor:
     return x_PC + y_PC if _records_grad(y_PC) or _records_grad(x_PC) else y_PC.add_(x_PC)
 
 
-def downsample(x_PC: torch.Tensor, tokens_per_item: list[int], merge_sizes: list[int]) -> torch.Tensor:
+def downsample_blocks(x_PC: torch.Tensor, tokens_per_item, merge_sizes) -> torch.Tensor:
     """m x m downsample of features in merge-block order -> ``[M, C]``, merged tokens in raster order.
 
     transformers resizes each frame bilinearly by 1/m (align_corners=False).  Output pixel i then samples
     the input at i*m + (m-1)/2: the centre of its own m x m block.  So each merged token is the mean of the
     block's central 1 (odd m) or 2 x 2 (even m) patches: m=1 identity, m=2 the block mean.  Working per block
-    keeps the function valid on pruned (compacted) rows, where whole blocks are missing.
-    ``tokens_per_item`` counts merged tokens per item (host ints: no sync here).
+    keeps the function valid on pruned (compacted) rows, where whole blocks are missing, which is why it takes
+    the merged tokens per item (host ints: no sync here) rather than a grid (vl3fast.reference.downsample).
     """
     chunks = x_PC.split([n * m * m for n, m in zip(tokens_per_item, merge_sizes)])
     out = []
@@ -173,84 +193,58 @@ class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = nn.Linear(cfg.patch_dim, cfg.hidden_size)
+        self.patch_embed = Linear(cfg.patch_dim, cfg.hidden_size)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        # recompute each layer in backward instead of keeping its activations (training memory)
+        self.gradient_checkpointing = False
 
     def encode(self, pixel_values_PK, cu_seqlens, pos_hw, max_seqlen: int, backend: str) -> torch.Tensor:
         """Packed patches -> post-LN features ``[P, C]`` (no downsample)."""
         if pixel_values_PK.shape[-1] != self.cfg.patch_dim:
             raise ValueError(f"pixel_values must have {self.cfg.patch_dim} values per patch, "
                              f"got shape {tuple(pixel_values_PK.shape)}")
-        x_PC = linear(pixel_values_PK.to(self.patch_embed.weight.dtype), self.patch_embed)
+        x_PC = self.patch_embed(pixel_values_PK.to(self.patch_embed.weight.dtype))
+        checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x_PC = layer(x_PC, cu_seqlens, pos_hw, max_seqlen, backend)
+            if checkpointed:
+                x_PC = torch.utils.checkpoint.checkpoint(layer, x_PC, cu_seqlens, pos_hw, max_seqlen, backend,
+                                                         use_reentrant=False)
+            else:
+                x_PC = layer(x_PC, cu_seqlens, pos_hw, max_seqlen, backend)
         return self.post_layernorm(x_PC)
 
-    def forward(self, pixel_values_PK, grid_thw, merge_sizes, *, backend: str = "vl3fast",
-                keep_M: torch.Tensor | None = None, prune: str = "before") -> torch.Tensor:
+    def forward(self, pixel_values_PK, grid_thw=None, merge_sizes=None, *, backend: str = DEFAULT_BACKEND,
+                keep_M: torch.Tensor | None = None, prune: str = DEFAULT_PRUNING,
+                grid: ops.PackedGrid | None = None) -> torch.Tensor:
         """Features ``[M, C]`` of the merged tokens of every item, in item order.
 
-        keep_M: optional ``[M]`` frame-pruning mask (True = keep); only kept tokens are returned.
-        prune="before" (default): pruned patches never enter the encoder and the kept ones keep their true
-        (row, col) positions.  prune="after": every patch is encoded and the pruned tokens are dropped after
-        the downsample (what transformers does).
-        One host sync: a single ``.tolist()`` of grid, merge sizes (and keep_M when given); positions, segment
-        boundaries and the kept-row indices (``nonzero_static`` with the host count) are built without another.
+        grid_thw, merge_sizes: the batch's grid (validated here), or ``grid``: its `PackedGrid`, built by the
+        caller (a training batch's host sizes).
+        keep_M: optional ``[M]`` frame-pruning mask (True = keep); only kept tokens are returned, pruned at
+        the ``prune`` placement (PRUNING_PLACEMENTS; both use the sync-free compaction ops).
+        One host sync at most: the PackedGrid reads grid, merge sizes and keep_M in one ``.tolist()`` (none
+        when ``grid`` is given with the mask's counts, ``PackedGrid.with_keep``); its host sizes then size
+        every output.
         """
-        if prune not in ("before", "after"):
-            raise ValueError(f"prune must be 'before' or 'after', got {prune!r}")
-        n = grid_thw.shape[0]
-        if merge_sizes.shape != (n,):
-            raise ValueError(f"merge_sizes must have shape ({n},) to match grid_thw {tuple(grid_thw.shape)}, "
-                             f"got {tuple(merge_sizes.shape)}")
-        parts = [grid_thw.reshape(-1).long(), merge_sizes.long()]
-        if keep_M is not None:
-            parts.append(keep_M.reshape(-1).long())
-        host = torch.cat([p.to(grid_thw.device) for p in parts]).tolist()  # the one sync
-        grid, merges = [host[3 * i:3 * i + 3] for i in range(n)], host[3 * n:4 * n]
-        for (t, h, w), m in zip(grid, merges):
-            if m < 1 or h % m or w % m or min(t, h, w) < 1:
-                raise ValueError(f"grid (t={t}, h={h}, w={w}) is not a positive grid divisible by merge size {m}")
-        num_patches = sum(t * h * w for t, h, w in grid)
-        if pixel_values_PK.shape[0] != num_patches:
+        check_pruning(prune)
+        keep_name = "keep mask (video_compression_mask)"
+        if grid is None:
+            grid = ops.PackedGrid.from_grid(grid_thw, merge_sizes, keep=keep_M, keep_name=keep_name)  # the one sync
+        elif keep_M is not None and grid.kept_per_frame is None:
+            grid = grid.with_keep(keep_M, keep_name=keep_name)
+        if pixel_values_PK.shape[0] != grid.num_patches:
             raise ValueError(f"pixel_values has {pixel_values_PK.shape[0]} patches but the grid describes "
-                             f"{num_patches} (sum of t*h*w over {grid})")
+                             f"{grid.num_patches} (sum of t*h*w over {[list(g) for g in grid.grid_thw]})")
         device = pixel_values_PK.device
-        frame_tokens = [(h // m) * (w // m) for (t, h, w), m in zip(grid, merges) for _ in range(t)]
-        keep = host[4 * n:]
-        if keep_M is not None and len(keep) != sum(frame_tokens):
-            raise ValueError(f"keep mask (video_compression_mask) has {len(keep)} entries but the grid has "
-                             f"{sum(frame_tokens)} merged tokens")
-        pos_hw, cu_seqlens = ops.rope2d_position_ids(grid, merges)  # host lists in: no device read
-        pos_hw, cu_seqlens = pos_hw.to(device, non_blocking=True), cu_seqlens.to(device, non_blocking=True)
+        if keep_M is not None:
+            keep_M = keep_M.reshape(-1).to(device=device, dtype=torch.bool)
         if keep_M is None or prune == "after":
-            x_PC = self.encode(pixel_values_PK, cu_seqlens, pos_hw, max((h * w for _, h, w in grid), default=0),
-                               backend)
-            x_MC = downsample(x_PC, [t * (h // m) * (w // m) for (t, h, w), m in zip(grid, merges)], merges)
-            if keep_M is None:
-                return x_MC
-            # pruning drops tokens only from the LLM input (spec C); the kept count is known on the host
-            index = torch.nonzero_static(keep_M.reshape(-1).to(device), size=sum(map(bool, keep))).squeeze(1)
-            return x_MC.index_select(0, index)
-
-        # Kept merged tokens per frame and per item, from the host copy of the mask.
-        frame_merge = [m for (t, _, _), m in zip(grid, merges) for _ in range(t)]
-        kept, start = [], 0
-        for count in frame_tokens:
-            kept.append(sum(map(bool, keep[start:start + count])))
-            start += count
-        frame_patches = [k * m * m for k, m in zip(kept, frame_merge)]
-        # A merged token's m*m patches are contiguous rows, so expanding the mask by m*m selects whole blocks.
-        reps_M = torch.repeat_interleave(torch.tensor(frame_merge) ** 2, torch.tensor(frame_tokens),
-                                         output_size=sum(frame_tokens))
-        keep_P = keep_M.reshape(-1).to(device).repeat_interleave(reps_M.to(device), output_size=num_patches)
-        index = torch.nonzero_static(keep_P, size=sum(frame_patches)).squeeze(1)
-        cu_kept = torch.tensor([0] + frame_patches).cumsum(0).to(device=device, dtype=torch.int32)
-        x_PC = self.encode(pixel_values_PK[index], cu_kept, pos_hw[index], max(frame_patches, default=0), backend)
-        item_tokens, start = [], 0
-        for t, _, _ in grid:
-            item_tokens.append(sum(kept[start:start + t]))
-            start += t
-        return downsample(x_PC, item_tokens, merges)
-
+            pos_hw, cu_seqlens = ops.rope2d_position_ids(grid, device=device)
+            x_PC = self.encode(pixel_values_PK, cu_seqlens, pos_hw, grid.max_frame_patches, backend)
+            x_MC = downsample_blocks(x_PC, grid.tokens_per_item, grid.merge_sizes)
+            # pruning after the encoder drops tokens only from the LLM input (spec C)
+            return x_MC if keep_M is None else ops.prune_tokens(x_MC, keep_M, grid).features
+        kept = ops.prune_patches(pixel_values_PK, keep_M, grid)
+        x_PC = self.encode(kept.pixel_values, kept.cu_seqlens, kept.pos_hw, kept.max_seqlen, backend)
+        return downsample_blocks(x_PC, grid.kept_per_item, grid.merge_sizes)
