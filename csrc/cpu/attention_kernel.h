@@ -140,6 +140,18 @@ struct Attention {
     }
   }
 
+  // Asks for the rows [t0, t0 + n) of head h of x (clipped to the segment end) to be brought into the
+  // cache: the next tile's rows are strided by the token stride (H * D values or more apart), which the
+  // hardware prefetchers do not follow, so without this every tile load waits on memory.
+  void prefetch_rows(const T* x, int64_t st, int64_t sh, int h, int64_t t0, int64_t end) const {
+    const int64_t stop = t0 + BK < end ? t0 + BK : end;
+    const int64_t bytes = static_cast<int64_t>(D) * sizeof(T);
+    for (int64_t t = t0; t < stop; ++t) {
+      const char* row = reinterpret_cast<const char*>(x + t * st + h * sh);
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 3);
+    }
+  }
+
   void load_row(const T* src, float* out) const {
 #pragma omp simd
     for (int d = 0; d < D; ++d) out[d] = to_float(src[d]);
@@ -226,6 +238,8 @@ struct Attention {
       const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
       load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, nullptr, tmp, tmp2);
       load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vt, tmp);
+      prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
+      prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
       const int nk16 = round_up(nk, VW);
       gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
       for (int i = 0; i < nq; ++i) {
@@ -349,6 +363,8 @@ struct Attention {
       const int mq = round_up(nq, 4);
       load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, mq, true, p.scale, q, tmp);
       load_tile(dox, p.dout_stride_token, p.dout_stride_head, h, q0, nq, mq, false, 1.0f, dout, tmp);
+      prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + BQ, start + len);
+      prefetch_rows(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + BQ, start + len);
       gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
       gemm(dout, Dp, vt, kLdS, dp, kLdS, mq, nk16, D, false);
       softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk);
@@ -404,6 +420,8 @@ struct Attention {
       const int nk16 = round_up(nk, VW);
       load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, krows, tmp, tmp2);
       load_tile_t(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, false, vt, nullptr, tmp, tmp2);
+      prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
+      prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
       gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
       gemm(dout, Dp, vt, kLdS, dp, kLdS, mq, nk16, D, false);
       softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk);

@@ -294,7 +294,7 @@ def test_tolerance_rule_at_isa_level(level):
     selection = "not isa_level and not peak_memory and not bad_input and not unsupported and not opcheck"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", selection],
-        capture_output=True, text=True, env={**os.environ, "VL3FAST_CPU_ISA": level}, timeout=600,
+        capture_output=True, text=True, env={**os.environ, "VL3FAST_CPU_ISA": level}, timeout=1800,
     )
     assert proc.returncode == 0, f"at {level}:\n" + proc.stdout[-3000:]
 

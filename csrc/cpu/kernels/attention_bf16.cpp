@@ -136,13 +136,15 @@ struct Bf16DotForward {
         for (int d = 0; d < D; ++d) dst[d] = v0[d] | (v1 != nullptr ? static_cast<uint32_t>(v1[d]) << 16 : 0u);
         for (int d = D; d < Dp; ++d) dst[d] = 0;
       }
+      a.prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
+      a.prefetch_rows(reinterpret_cast<const bf16*>(vx), p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
       dot_gemm(q, Dp2, kp, BK, s, kLdS, mq, nk16, D2, false);
       for (int i = 0; i < nq; ++i) {
         float* si = s + i * kLdS;
         for (int j = nk; j < nk16; ++j) si[j] = -INFINITY;  // padded keys: P = 0
         __m512 vmax = _mm512_loadu_ps(si);
         for (int j = 16; j < nk16; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(si + j));
-        const float row_max = _mm512_reduce_max_ps(vmax) * p.scale;
+        const float row_max = hmax((vnat)vmax) * p.scale;
         const float mx = row_max > m[i] ? row_max : m[i];
         const float alpha = exp_nonpositive(m[i] - mx);
         const __m512 vmx = _mm512_set1_ps(mx);
@@ -154,7 +156,7 @@ struct Bf16DotForward {
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(pi + j), (__m256i)_mm512_cvtneps_pbh(e));
         }
         m[i] = mx;
-        l[i] = l[i] * alpha + _mm512_reduce_add_ps(vsum);
+        l[i] = l[i] * alpha + hsum((vnat)vsum);
         float* oi = o + i * Dp;
         const __m512 valpha = _mm512_set1_ps(alpha);
         for (int d = 0; d < Dp; d += 16) _mm512_storeu_ps(oi + d, _mm512_mul_ps(_mm512_loadu_ps(oi + d), valpha));
