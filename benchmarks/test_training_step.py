@@ -25,6 +25,7 @@ ROUNDS, STEPS = 2, 3
 
 
 def _launch(path: str, root: Path, out: Path) -> dict:
+    """One worker process (benchmarks/training_step.py); its JSON result."""
     cmd = [sys.executable, "-m", "benchmarks.training_step", "--path", path, "--shape", "realistic", "--steps",
            str(STEPS), "--root", str(root), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -61,6 +62,8 @@ def test_training_step_packed_vs_padded(bench, tmp_path, request):
             assert all(x == x for x in r["losses"])  # finite
         return
     runs = {"vl3fast": [], "transformers": []}
+
+    _launch("prepare", tmp_path, tmp_path / "prepare.json")
 
     def all_rounds():
         for k in range(ROUNDS):

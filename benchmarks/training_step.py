@@ -115,21 +115,26 @@ def padded_batch(encoded, pad_id: int) -> dict:
 
 
 def build_models(shape: str, path: str, tmp: Path):
+    """The model of `path`, loaded from one random-weight checkpoint written once under tmp (so neither path's
+    process ever holds the other's model: peak RSS is its own)."""
     from transformers import VideoLlama3ForConditionalGeneration
 
-    from tests.models.tiny_vl3 import randomize_
+    ckpt = tmp / f"ckpt_{shape}"
+    if not (ckpt / "config.json").is_file():
+        from tests.models.tiny_vl3 import randomize_
 
-    torch.manual_seed(0)
-    hf = VideoLlama3ForConditionalGeneration(hf_config(shape))
-    hf.config._attn_implementation = "sdpa"
-    randomize_(hf, 0)
+        torch.manual_seed(0)
+        hf = VideoLlama3ForConditionalGeneration(hf_config(shape))
+        randomize_(hf, 0)
+        hf.save_pretrained(str(ckpt))
+        del hf
+    if path == "prepare":
+        return None
     if path == "transformers":
-        return hf.train()
+        return VideoLlama3ForConditionalGeneration.from_pretrained(str(ckpt), attn_implementation="sdpa").float().train()
     from vl3fast.models.videollama3 import VideoLLaMA3ForCausalLM
 
-    hf.save_pretrained(str(tmp / "ckpt"))
-    del hf
-    return VideoLLaMA3ForCausalLM.from_pretrained(str(tmp / "ckpt"), pruning="after").train()
+    return VideoLLaMA3ForCausalLM.from_pretrained(str(ckpt), pruning="after").train()
 
 
 def run(path: str, shape: str, steps: int, root: Path, work=None) -> dict:
@@ -139,6 +144,8 @@ def run(path: str, shape: str, steps: int, root: Path, work=None) -> dict:
 
     processor, encoded = work if work is not None else workload(root, shape)
     model = build_models(shape, path, root)
+    if model is None:
+        return {"path": path, "shape": shape}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     supervised = sum(e.num_supervised for e in encoded)
     tokens = sum(e.num_tokens for e in encoded)
@@ -174,7 +181,8 @@ def run(path: str, shape: str, steps: int, root: Path, work=None) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--path", choices=["vl3fast", "transformers"], required=True)
+    p.add_argument("--path", choices=["vl3fast", "transformers", "prepare"], required=True,
+                   help="prepare: write the media and the checkpoint only")
     p.add_argument("--shape", choices=["realistic", "tiny"], default="realistic")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--root", required=True, help="work folder (media, checkpoint)")

@@ -3,6 +3,7 @@ freezing and per-module learning rates, LoRA train -> merge -> export -> load, Z
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -72,33 +73,42 @@ def test_stage_config_one_step_freezes_and_moves_each_module_at_its_lr(tiny, sta
             assert 0.5 * lr < moved[group] < 1.1 * lr, f"{stage}: {group} moved {moved[group]}, lr {lr}"
 
 
-def test_lora_train_merge_export_load(tmp, tiny):
-    cfg = tiny("lora", "train.max_steps=3", "run.save_every=0", "lora.r=4", stage_config="finetune_lora.yaml")
-    assert cfg.lora.enabled and cfg.train.lr["vision"] is None
+def _outputs(model, ids, pixels):
+    """LLM logits of text ids and vision-encoder features of one 4x4-patch image (what LoRA adapts)."""
+    with torch.no_grad():
+        return (model(ids).logits,
+                model.vision(pixels, torch.tensor([[1, 4, 4]]), torch.tensor([1]), backend=model.attn_backend))
+
+
+@pytest.mark.parametrize("vision", [False, True], ids=["llm", "llm+vision"])
+def test_lora_train_merge_export_load(tmp, tiny, vision):
+    extra = ["lora.vision=true", "train.lr.vision=1.0e-4"] if vision else []
+    cfg = tiny(f"lora_{vision}", "train.max_steps=3", "run.save_every=0", "lora.r=4", *extra,
+               stage_config="finetune_lora.yaml")
+    assert cfg.lora.enabled and cfg.lora.vision == vision
     before = _before(cfg.model.init)
     run = train(cfg)
     trained = dict(run.model.named_parameters())
-    lora_names = [n for n in trained if ".lora_" in n]
-    assert lora_names and all(n.startswith("language_model.") for n in lora_names)
-    for name, p in trained.items():  # frozen: the vision encoder and every LLM base weight
-        base = name.replace(".base_layer.", ".")
-        if name.startswith("vision.") or (name.startswith("language_model.") and ".lora_" not in name):
-            assert torch.equal(p.detach(), before[base]), name
+    adapted = {n.split(".")[0] for n in trained if ".lora_" in n}
+    assert adapted == ({"language_model", "vision"} if vision else {"language_model"})
+    for name, p in trained.items():  # frozen: every LoRA'd module's own weights, and the vision encoder without LoRA
+        if ".lora_" not in name and not name.startswith("projector."):
+            assert torch.equal(p.detach(), before[name.replace(".base_layer.", ".")]), name
     assert not torch.equal(trained["projector.readout.0.weight"].detach(), before["projector.readout.0.weight"])
 
-    merged_dir, adapter_dir = tmp / "lora_merged", tmp / "lora_adapter"
+    merged_dir, adapter_dir = tmp / f"lora_merged_{vision}", tmp / f"lora_adapter_{vision}"
     export(run.run_dir, str(merged_dir), merge_lora_adapters=True)
     export(run.run_dir, str(adapter_dir))
     assert (adapter_dir / "adapter" / "adapter_model.safetensors").is_file()
-    in_memory = unload_lora(copy.deepcopy(run.model).eval(), merge=True)
-    ids = torch.randint(7, 290, (1, 12))  # not the special / placeholder ids
-    with torch.no_grad():
-        want = in_memory(ids).logits
-        got = VideoLLaMA3ForCausalLM.from_pretrained(str(merged_dir))(ids).logits
-        base = VideoLLaMA3ForCausalLM.from_pretrained(str(adapter_dir))
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    for name, p in base.named_parameters():  # the unmerged export keeps the base weights as they were
-        if name.startswith("language_model."):
+    assert (adapter_dir / "adapter" / "adapter_config.json").is_file()
+    ids, pixels = torch.randint(7, 290, (1, 12)), torch.rand(16, 588) * 2 - 1  # ids: not special / placeholders
+    want = _outputs(unload_lora(copy.deepcopy(run.model).eval(), merge=True), ids, pixels)
+    got = _outputs(VideoLLaMA3ForCausalLM.from_pretrained(str(merged_dir)), ids, pixels)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    base = VideoLLaMA3ForCausalLM.from_pretrained(str(adapter_dir))
+    for name, p in base.named_parameters():  # the unmerged export keeps the adapted modules' weights as they were
+        if not name.startswith("projector."):
             assert torch.equal(p, before[name]), name
 
 
@@ -116,3 +126,9 @@ def test_zero3_export_loads_in_transformers_and_vl3fast(tmp, tiny):
         theirs = VideoLlama3ForConditionalGeneration.from_pretrained(str(out)).eval()(input_ids=ids).logits
     torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(theirs, want, rtol=1e-5, atol=1e-5)
+    official = tmp / "z3export_official"
+    export(run.run_dir, str(official), fmt="official")
+    assert json.loads((official / "config.json").read_text())["model_type"] == "videollama3_qwen2"
+    with torch.no_grad():
+        torch.testing.assert_close(VideoLLaMA3ForCausalLM.from_pretrained(str(official))(ids).logits, want,
+                                   rtol=1e-5, atol=1e-5)

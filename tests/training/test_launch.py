@@ -160,6 +160,11 @@ def test_two_rank_zero3_checkpoint_exports_consolidated(two_rank, tmp_path):
         theirs = VideoLlama3ForConditionalGeneration.from_pretrained(str(out)).eval()(input_ids=ids).logits
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     assert (out / "tokenizer_config.json").is_file() and (out / "chat_template.jinja").is_file()
+    from vl3fast.chat import run_chat  # the folder is complete for `vl3fast chat`
+
+    answer = run_chat(str(out), "Describe the image.", images=[str(two_rank["out"].parent / "media" / "a.png")],
+                      max_new_tokens=3, stream=False, quiet=True)
+    assert answer.prompt_tokens > 0 and len(answer.new_token_ids) >= 1
 
 
 # ---- exact resume after SIGKILL --------------------------------------------------------------------------------
@@ -201,6 +206,10 @@ def test_sigkilled_run_resumes_bitwise(tmp_path, checkpoint_dir, data_dir):
     assert [r["step"] for r in lb] == list(range(1, 9))
     for key in ("loss", "lr", "sample_ids", "grad_norm", "supervised_tokens"):
         assert [r[key] for r in lb] == [r[key] for r in la], key  # bitwise: JSON floats round-trip exactly
+    from vl3fast.training.config import load_config
+
+    resolved = load_config(str(run_b / "resolved.yaml"))  # the full configuration, loadable again
+    assert resolved.train.max_steps == 8 and resolved.run.out == str(run_b) and resolved.model.init == init
     sa, sb = (json.loads((r / "summary.json").read_text()) for r in (run_a, run_b))
     assert sb["resumed_from_step"] == 4
     assert sb["parameter_checksum"] == sa["parameter_checksum"]

@@ -13,7 +13,9 @@ Vision side (every image and video frame of the batch, in placeholder order):
     visual_rows    int64 [K]          positions of the K kept visual placeholders in the row, in feature order
     dummy          bool               True when the batch has no media: one zero [1, m, m] image is encoded and
                                       contributes x0 (ZeRO-3 ranks stay in lockstep)
-Host-side sizes (python ints/lists, so no step needs a host sync): `meta` (`BatchMeta`).
+Host-side sizes (python ints/lists, so no step needs a host sync): `meta` (`BatchMeta`); the vision sizes are
+those of the batch's `vl3fast.ops.PackedGrid` (validated here, in the worker), which the model rebuilds from
+`meta` without reading a tensor.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from ..ops import PackedGrid
 from .encode import IGNORE_INDEX, EncodedSample
 
 PATCH_DIM = 588
@@ -131,16 +134,14 @@ def collate(samples: Sequence[EncodedSample], *, dummy_merge_size: int = 1, pad_
         merge_sizes = torch.cat([s.merge_sizes for s in items]).long()
         is_video = torch.cat([s.is_video for s in items])
         keep_mask = torch.cat([s.keep_mask for s in items])
-    grid_host = tuple(tuple(g) for g in grid_thw.tolist())
-    merge_host = tuple(merge_sizes.tolist())
-    per_item = [t * (h // m) * (w // m) for (t, h, w), m in zip(grid_host, merge_host)]
-    keep_counts = tuple(int(k.sum()) for k in keep_mask.split(per_item))
+    keep_list = tuple(bool(k) for k in keep_mask.tolist())
+    grid = PackedGrid.from_items(grid_thw.tolist(), merge_sizes.tolist(), keep=keep_list)  # validated once, here
     meta = BatchMeta(
         sample_ids=tuple(s.sample_id for s in samples), sample_indices=tuple(s.index for s in samples),
         seq_lens=tuple(seq_lens), num_tokens=int(input_ids.shape[1]), num_supervised=int(loss_rows.numel()),
-        max_seqlen=max(seq_lens), grid_thw=grid_host, merge_sizes=merge_host, num_patches=int(pixel_values.shape[0]),
-        num_visual_tokens=0 if dummy else sum(keep_counts), keep_counts=keep_counts,
-        keep_list=tuple(bool(k) for k in keep_mask.tolist()), padding=padding)
+        max_seqlen=max(seq_lens), grid_thw=grid.grid_thw, merge_sizes=grid.merge_sizes, num_patches=grid.num_patches,
+        num_visual_tokens=0 if dummy else grid.num_kept_tokens, keep_counts=grid.kept_per_item, keep_list=keep_list,
+        padding=padding)
     visual_rows = torch.cat(visual).long() if visual else torch.zeros(0, dtype=torch.long)
     return PackedBatch(input_ids, labels_1T, torch.cat(pos).long()[None], cu, loss_rows, loss_targets,
                        pixel_values, grid_thw, merge_sizes, is_video, keep_mask, visual_rows, dummy, meta)

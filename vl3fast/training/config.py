@@ -129,16 +129,20 @@ PATH_LIST_KEYS = {("data", "annotations")}
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------
-def _read_yaml(path: str) -> dict:
+def read_mapping(path: str, *, missing: str | None = None) -> dict:
+    """A YAML file (or, by its .json suffix, a JSON file) holding a mapping; errors name the file."""
+    import json
+
     import yaml
 
+    is_json = path.endswith(".json")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = json.load(f) if is_json else yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path!r} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(missing or f"config file {path!r} does not exist") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -187,7 +191,7 @@ def _load_tree(path: str, origins: dict, seen: tuple = ()) -> tuple[dict, list[s
     path = os.path.abspath(path)
     if path in seen:
         raise ConfigError(f"{path}: inheritance cycle: {' -> '.join(seen + (path,))}")
-    raw = _read_yaml(path)
+    raw = read_mapping(path)
     parents = raw.pop("inherit", None)
     if parents is None:
         parents = []

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..ops import PackedGrid
 from .data import Media, Message, Sample
 
 IGNORE_INDEX = -100
@@ -181,7 +182,8 @@ def estimate_sample(sample: Sample, processor=None, data_folder=None, *, config=
                 est = (estimate_tokens(images=images, videos=videos, config=config) if processor is None else
                        processor.estimate_tokens(text=text, images=images, videos=videos))
                 visual += est.visual_tokens
-                patches += sum(int(np.prod(it.grid_thw)) for it in est.items)
+                patches += PackedGrid.from_items([it.grid_thw for it in est.items],
+                                                 [it.merge_size for it in est.items]).num_patches
             if processor is not None:
                 per_message.append(est.total_tokens if est is not None else
                                    len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]))
@@ -287,11 +289,10 @@ def _items_in_tag_order(sample: Sample, out):
             per_kind[kind] = iter(())
             continue
         g, m = out[grid].long(), out[merge].long()
-        patches = g.prod(1)
-        tokens = (patches // (m * m)).tolist()
-        px = out[pv].split(patches.tolist())
-        mask = out["video_compression_mask"].bool().split(tokens) if kind == "video" else \
-            [torch.ones(n, dtype=torch.bool) for n in tokens]
+        packed = PackedGrid.from_grid(g, m)
+        px = out[pv].split(list(packed.patches_per_item))
+        mask = out["video_compression_mask"].bool().split(list(packed.tokens_per_item)) if kind == "video" else \
+            [torch.ones(n, dtype=torch.bool) for n in packed.tokens_per_item]
         per_kind[kind] = iter(list(zip(px, g, m, mask)))
     items = [(m.kind, *next(per_kind[m.kind])) for m in sample.media]
     if not items:

@@ -9,13 +9,12 @@ engine's ``loss_normalisation``: DeepSpeed averages gradients over ranks and sca
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 
 import torch
 
-from .config import Config, ConfigError, origin_of
+from .config import Config, ConfigError, origin_of, read_mapping
 
 TORCH_STATE_FILE = "torch_state.pt"
 DS_TAG = "ds"  # DeepSpeed's tag (sub-folder) inside a checkpoint folder
@@ -56,13 +55,7 @@ def resolve_ds_config(cfg: Config, world_size: int, dtype: torch.dtype) -> dict:
     if not path:
         raise ConfigError(f"{origin_of(cfg)}: deepspeed.enabled is true but deepspeed.config names no file "
                           "(e.g. training/ds/zero1.json)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            ds = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{origin_of(cfg)}: deepspeed.config {path!r} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    ds = read_mapping(path, missing=f"{origin_of(cfg)}: deepspeed.config {path!r} does not exist")
     gas = cfg.train.gradient_accumulation_steps
     wanted = {
         # one packed micro-batch (a token budget, not a sample count) per rank per micro-step

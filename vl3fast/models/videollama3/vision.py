@@ -112,6 +112,8 @@ class Attention(nn.Module):
 
 def _split_qkv(module, state_dict, prefix, local_metadata) -> None:
     for kind in ("weight", "bias"):
+        if prefix + "qkv." + kind not in state_dict:  # qkv wrapped (a peft LoRA layer): its own keys, kept as is
+            continue
         fused = state_dict.pop(prefix + "qkv." + kind)
         for name, part in zip(_QKV, fused.detach().chunk(3, dim=0)):
             state_dict[f"{prefix}{name}.{kind}"] = part
