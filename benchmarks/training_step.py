@@ -174,7 +174,8 @@ def run(path: str, shape: str, steps: int, root: Path, work=None) -> dict:
         if k:  # the first step warms up (allocations, oneDNN primitives, Adam state)
             seconds.append(time.perf_counter() - t0)
             cpu_seconds.append(time.process_time() - c0)
-    return {"path": path, "shape": shape, "step_seconds": seconds, "step_cpu_seconds": cpu_seconds, "tokens": tokens, "supervised_tokens": supervised,
+    return {"path": path, "shape": shape, "step_seconds": seconds, "step_cpu_seconds": cpu_seconds,
+            "tokens": tokens, "supervised_tokens": supervised,
             "padded_tokens": padded_tokens, "losses": losses, "threads": torch.get_num_threads(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import functools
 
+# torch first: _C needs libgomp.so.1 and torch's wheels bundle one (torch/lib/libgomp.so.1).  Loaded
+# after torch, _C binds to that copy, so the process has one OpenMP runtime and a slim image without
+# the system's libgomp1 still imports vl3fast; the wheel does not bundle its own (auditwheel --exclude).
+import torch  # noqa: F401  (import order only)
+
 try:
     from . import _C
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
@@ -15,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         f"Original error: {exc}"
     ) from exc
 
-__all__ = ["core", "cuda_status", "cuda_available", "compiled_info"]
+__all__ = ["core", "cuda_status", "cuda_available", "compiled_info", "cuda_build"]
 
 core = _C
 
@@ -40,3 +45,32 @@ def cuda_available() -> bool:
 
 def compiled_info() -> dict:
     return dict(_C.info())
+
+
+# The oldest Linux driver the statically linked CUDA runtime of each major version runs on (NVIDIA's CUDA
+# release notes, "minor version compatibility"): any 13.x runtime needs R580, any 12.x runtime R525.
+# SASS loads on these drivers; JIT-compiling the PTX needs a driver at least as new as the toolkit.
+CUDA_DRIVER_FLOOR = {13: "580.65.06", 12: "525.60.13", 11: "450.80.02"}
+
+
+def cuda_build() -> dict:
+    """What the CUDA part of _C was built for: SASS and PTX targets, runtime version, minimum driver.
+
+    The targets come from CMAKE_CUDA_ARCHITECTURES as compiled in ("80-real,90a-real,80-virtual"):
+    "-real" is SASS only, "-virtual" PTX only, a bare number both (CMake's meaning).
+    """
+    core = _C.info()
+    sass, ptx = [], []
+    for arch in filter(None, core["cuda_archs"].split(",")):
+        number, _, kind = arch.partition("-")
+        if kind in ("", "real"):
+            sass.append(f"sm_{number}")
+        if kind in ("", "virtual"):
+            ptx.append(f"compute_{number}")
+    version = core["cuda_runtime_version"]  # e.g. 13000 for 13.0; 0 when built without CUDA
+    return {
+        "sass": sass,
+        "ptx": ptx,
+        "runtime_version": f"{version // 1000}.{(version % 1000) // 10}" if version else "",
+        "driver_min": CUDA_DRIVER_FLOOR.get(version // 1000, "unknown") if version else "",
+    }

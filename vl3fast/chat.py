@@ -29,6 +29,27 @@ def _status(message: str, quiet: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[str, torch.dtype | str, str]:
+    """(device, dtype, how it was chosen) for a chat run.
+
+    device: None -> "cuda" when torch sees one, else "cpu".  dtype: None -> bfloat16 on CUDA (the
+    tensor-core attention and half the memory; float32 runs there too, on the simple kernel) and
+    float32 on the CPU; "auto" -> the checkpoint's; otherwise a torch dtype name.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        on_cuda = torch.device(device).type == "cuda"
+        chosen = torch.bfloat16 if on_cuda else torch.float32
+        return device, chosen, (f"dtype {str(chosen).removeprefix('torch.')} (the default on "
+                                f"{'CUDA' if on_cuda else 'the CPU'}; --dtype to change)")
+    if dtype == "auto":
+        return device, "auto", "dtype auto (the checkpoint's)"
+    chosen = getattr(torch, dtype, None)
+    if not isinstance(chosen, torch.dtype) or not chosen.is_floating_point:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return device, chosen, f"dtype {dtype} (--dtype)"
+
+
 def run_chat(model_dir: str, question: str, *, images=(), video=None, max_new_tokens: int = 256,
              fps: float | None = None, max_frames: int | None = None, device: str | None = None,
              dtype: str | None = None, system_prompt: bool = False, stream: bool = True,
@@ -36,8 +57,8 @@ def run_chat(model_dir: str, question: str, *, images=(), video=None, max_new_to
     """Answers `question` about `images` (paths) or one `video` (path) with greedy decoding.
 
     stream=True prints the answer to stdout token by token (transformers' TextStreamer).
-    fps / max_frames override the checkpoint's video sampling; device defaults to CUDA when available;
-    dtype: None (float32), "auto" (the checkpoint's), or a torch dtype name such as "bfloat16".
+    fps / max_frames override the checkpoint's video sampling; device and dtype: resolve_device_dtype
+    (defaults: CUDA when available, bfloat16 there and float32 on the CPU); the choice is printed.
     """
     from transformers import TextStreamer
 
@@ -47,10 +68,8 @@ def run_chat(model_dir: str, question: str, *, images=(), video=None, max_new_to
     images = list(images or ())
     if bool(images) == (video is not None):
         raise ValueError("give images or one video (not both, not neither)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = getattr(torch, dtype) if dtype not in (None, "auto") else dtype
-    if dtype not in (None, "auto") and not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    device, torch_dtype, dtype_note = resolve_device_dtype(device, dtype)
+    _status(f"device {device}, {dtype_note}", quiet)
 
     t0 = time.perf_counter()
     processor = VideoLLaMA3Processor.from_pretrained(model_dir)

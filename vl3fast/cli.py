@@ -6,6 +6,7 @@ exceeded, a bad checkpoint directory), with the reason on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def _is_image_path(path: str) -> bool:
 
 
 def _tokens(args) -> int:
-    from .processing import ProcessingConfig, TokenBudgetError, estimate_tokens
+    from .processing import ProcessingConfig, TokenBudgetError, VideoLLaMA3Processor, estimate_tokens
 
     images = [f for f in args.files if _is_image_path(f)]
     videos = [f for f in args.files if not _is_image_path(f)]  # anything else is probed as a video
@@ -65,15 +66,43 @@ def _tokens(args) -> int:
     if args.max_frames is not None:
         settings["max_frames"] = args.max_frames
     config = ProcessingConfig.official() if args.official else None
-    estimate = estimate_tokens(images=images or None, videos=videos or None, config=config, processor=args.model,
-                               text=args.prompt, **settings)
+    if args.model is not None:  # text tokens too: the processor expands and tokenizes the prompt
+        processor = VideoLLaMA3Processor.from_pretrained(args.model)
+        estimate = processor.estimate_tokens(text=args.prompt, images=images or None, videos=videos or None,
+                                             config=config, **settings)
+    elif args.prompt is not None:
+        raise ValueError("counting the prompt's tokens (--prompt) needs --model (a checkpoint with a tokenizer)")
+    else:
+        estimate = estimate_tokens(images=images or None, videos=videos or None, config=config, **settings)
     print(estimate.summary())
     total = estimate.total_tokens if estimate.total_tokens is not None else estimate.visual_tokens
+    if args.pruned and videos:
+        total -= _print_pruned(videos, args.model, config, settings, estimate.total_tokens)
     if args.budget is not None and total > args.budget:
         what = "tokens" if estimate.total_tokens is not None else "visual tokens"
         raise TokenBudgetError(f"{total} {what} exceed the budget of {args.budget}; lower --fps or --max-frames, "
                                "or raise --budget")
     return 0
+
+
+def _print_pruned(videos, model, config, settings, total) -> int:
+    """Decodes the videos, prints the tokens DiffFP pruning keeps of each; returns how many it drops."""
+    from . import ops
+    from .processing import VideoLLaMA3Processor, preprocess_videos
+    from .processing.config import resolve_config
+
+    config = VideoLLaMA3Processor.from_pretrained(model)._settings(settings, config) if model else \
+        resolve_config(config, settings)
+    dropped = 0
+    for path in videos:
+        vis = preprocess_videos([path], config)
+        mask = ops.frame_keep_mask(vis.pixel_values, vis.grid_thw, vis.merge_sizes)
+        kept = int(mask.sum())
+        dropped += mask.numel() - kept
+        print(f"video {os.path.basename(path)}: {kept} of {mask.numel()} video tokens kept by DiffFP pruning")
+    if total is not None:
+        print(f"total tokens after pruning: {total - dropped}")
+    return dropped
 
 
 def _chat(args) -> int:
@@ -125,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint directory: its processor settings, and the text tokens of the prompt")
     tokens.add_argument("--prompt", default=None,
                         help="with --model: the prompt text, one placeholder per file (default: the chat template)")
+    tokens.add_argument("--pruned", action="store_true",
+                        help="also decode the videos and count the tokens DiffFP pruning keeps (what is served)")
     tokens.add_argument("--official", action="store_true",
                         help="the official resize rule (16..16384 tokens shared per call) instead of transformers'")
     tokens.set_defaults(func=_tokens)
@@ -139,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--fps", type=float, default=None, help="video frames per second (default: the checkpoint's)")
     chat.add_argument("--max-frames", type=int, default=None, help="at most this many video frames")
     chat.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    chat.add_argument("--dtype", default=None, help="auto (the checkpoint's), float32 (default), bfloat16, float16")
+    chat.add_argument("--dtype", default=None,
+                      help="auto (the checkpoint's), float32, bfloat16, float16 (default: bfloat16 on CUDA, float32 on CPU)")
     chat.add_argument("--system-prompt", action="store_true", help="prepend VideoLLaMA3's default system prompt")
     chat.set_defaults(func=_chat)
 

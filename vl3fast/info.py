@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import platform
 
-from ._backend import compiled_info, cuda_status
+from ._backend import compiled_info, cuda_build, cuda_status
 from ._version import __version__
 
 
@@ -13,7 +13,7 @@ def info() -> dict:
 
     core = compiled_info()
     usable, reason = cuda_status()
-    archs = [a for a in core["cuda_archs"].split(",") if a]
+    cuda = cuda_build()
     return {
         "version": __version__,
         "core_version": core["version"],
@@ -24,15 +24,13 @@ def info() -> dict:
         "cpu_isa": core["cpu_isa"],
         "cpu_attention_bf16": core["cpu_attention_bf16"],
         "cuda_compiled": bool(core["cuda_compiled"]),
-        "cuda_archs": [f"sm_{a}" for a in archs],
-        "cuda_runtime_version": _format_cuda_version(core["cuda_runtime_version"]),
+        "cuda_archs": cuda["sass"],  # SASS: these GPUs run the kernels as compiled
+        "cuda_ptx": cuda["ptx"],  # PTX: newer GPUs JIT-compile it (with a driver as new as the toolkit)
+        "cuda_runtime_version": cuda["runtime_version"],
+        "cuda_driver_min": cuda["driver_min"],  # the static CUDA runtime refuses older drivers
         "gpu_available": usable,
         "gpu_status": reason,
     }
-
-
-def _format_cuda_version(v: int) -> str:
-    return f"{v // 1000}.{(v % 1000) // 10}" if v else ""
 
 
 def format_info(d: dict) -> str:

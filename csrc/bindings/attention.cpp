@@ -10,6 +10,7 @@
 #include "bindings/common.h"
 #include "cpu/attention_tiles.h"
 #include "cpu/isa.h"
+#include "vl3fast/attention_simple.h"
 #include "vl3fast/attention_tc.h"
 #include "vl3fast/params.h"
 #include "vl3fast/tensor_ref.h"
@@ -33,17 +34,35 @@ void expect_thd(const TensorRef& t, const TensorRef& q, const char* name) {
 
 int attention_threads() { return omp_get_max_threads(); }
 
-// Bytes of workspace the kernel for `device_index` needs (the caller allocates it; kernels never allocate):
-// the CPU layout (cpu/attention_tiles.h) for -1, the CUDA layout (vl3fast/attention_tc.h) otherwise.
+// The attention kernel a call names (vl3fast/ops/attention.py's dispatch table decides; this only checks
+// that the name fits the device).  "" means the CPU kernel for host tensors.
+enum class AttnKernel { kCpu, kCudaTensorCore, kCudaSimple };
+AttnKernel attention_kernel(const std::string& name, int device) {
+  if (device < 0) {
+    expect(name.empty() || name == "cpu", "rope2d_attention: kernel '" + name + "' cannot run host tensors (use 'cpu')");
+    return AttnKernel::kCpu;
+  }
+  if (name == "cuda_tensor_core") return AttnKernel::kCudaTensorCore;
+  if (name == "cuda_simple") return AttnKernel::kCudaSimple;
+  throw std::invalid_argument("rope2d_attention: kernel '" + name +
+                              "' cannot run CUDA tensors (use 'cuda_tensor_core' or 'cuda_simple'; "
+                              "vl3fast.ops.attention.kernel_for picks)");
+}
+
+// Bytes of workspace the named kernel for `device_index` needs (the caller allocates it; kernels never
+// allocate): the CPU layout (cpu/attention_tiles.h) for -1, the CUDA layouts (vl3fast/attention_tc.h,
+// vl3fast/attention_simple.h) otherwise ("" on CUDA: the tensor-core one).
 int64_t rope2d_attention_workspace_bytes(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim,
-                                         bool backward, int device_index) {
+                                         bool backward, int device_index, const std::string& kernel) {
+  if (device_index >= 0 && kernel == "cuda_simple")
+    return attn_simple::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward).total;
   if (device_index >= 0) return attn_tc::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward).total;
   return cpu::attention_workspace_layout(num_tokens, num_segments, num_heads, head_dim, attention_threads(), backward)
       .total;
 }
 
 #ifdef VL3FAST_WITH_CUDA
-// The CUDA path reads v and dout with 16-byte vector copies.
+// The tensor-core kernel reads v and dout with 16-byte vector copies.
 void expect_vector_aligned(const TensorRef& t, const char* name) {
   expect(reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.strides[0] % 8 == 0 && t.strides[1] % 8 == 0,
          std::string("rope2d_attention (CUDA): ") + name +
@@ -80,7 +99,7 @@ py::dict attention_cuda_configs() {
 AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
                                  const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
                                  const TensorRef& lse, const TensorRef& workspace, double scale, bool backward,
-                                 int device) {
+                                 int device, const std::string& kernel) {
   expect(q.ndim == 3, "rope2d_attention: q must be [T, H, D]");
   expect(q.strides[2] == 1, "rope2d_attention: the last dim of q must be contiguous");
   expect_thd(k, q, "k");
@@ -126,7 +145,7 @@ AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const T
   p.workspace_bytes = workspace.sizes[0];
   p.num_threads = attention_threads();
   const int64_t needed = rope2d_attention_workspace_bytes(p.num_tokens, p.num_segments, p.num_heads, p.head_dim,
-                                                          backward, device);
+                                                          backward, device, kernel);
   expect(p.workspace_bytes >= needed, "rope2d_attention: workspace too small (" + std::to_string(p.workspace_bytes) +
                                           " < " + std::to_string(needed) + " bytes)");
   return p;
@@ -140,20 +159,25 @@ void expect_cu_seqlens_values(const AttentionParams& p) {
   expect(p.cu_seqlens[p.num_segments] == p.num_tokens, "cu_seqlens: last value must equal T");
 }
 
-// Runs one direction of attention on the device its tensors live on.  On CUDA cu_seqlens stays on the
-// device (not read here: no sync; the kernels clamp it) and v (and dout) must suit 16-byte vector copies;
-// on the CPU its values are validated first because the kernel trusts them.  `dout` is null for forward.
+// Runs one direction of attention with the named kernel on the device its tensors live on.  On CUDA
+// cu_seqlens stays on the device (not read here: no sync; checked by the kernels' scan, which clamps it)
+// and for the tensor-core kernel v (and dout) must suit 16-byte vector copies; on the CPU its values are
+// validated first because the kernel trusts them.  `dout` is null for forward.
 void run_attention(const AttentionParams& p, bool backward, const TensorRef& v, const TensorRef* dout,
-                   int64_t max_seqlen, int device, uintptr_t stream) {
+                   int64_t max_seqlen, int device, uintptr_t stream, AttnKernel kernel) {
 #ifdef VL3FAST_WITH_CUDA
   if (device >= 0) {
     expect(p.num_heads <= 65535, std::string(backward ? "rope2d_attention_backward" : "rope2d_attention") +
                                      " (CUDA): at most 65535 heads");
-    expect_vector_aligned(v, "v");
-    if (dout != nullptr) expect_vector_aligned(*dout, "dout");
+    if (kernel == AttnKernel::kCudaTensorCore) {
+      expect_vector_aligned(v, "v");
+      if (dout != nullptr) expect_vector_aligned(*dout, "dout");
+    }
     if (p.num_tokens == 0 || p.num_heads == 0) return;
-    if (backward) return cuda::rope2d_attention_backward(p, max_seqlen, device, stream);
-    return cuda::rope2d_attention_forward(p, max_seqlen, device, stream);
+    const auto which =
+        kernel == AttnKernel::kCudaSimple ? cuda::AttentionKernel::kSimple : cuda::AttentionKernel::kTensorCore;
+    if (backward) return cuda::rope2d_attention_backward(p, max_seqlen, which, device, stream);
+    return cuda::rope2d_attention_forward(p, max_seqlen, which, device, stream);
   }
 #else
   (void)v;
@@ -161,6 +185,7 @@ void run_attention(const AttentionParams& p, bool backward, const TensorRef& v, 
   (void)device;
   (void)stream;
 #endif
+  (void)kernel;
   (void)max_seqlen;
   expect_cu_seqlens_values(p);
   if (p.num_tokens == 0 || p.num_heads == 0) return;
@@ -171,22 +196,24 @@ void run_attention(const AttentionParams& p, bool backward, const TensorRef& v, 
 void rope2d_attention_forward(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
                               const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
                               const TensorRef& lse, const TensorRef& workspace, double scale, int64_t max_seqlen,
-                              uintptr_t stream) {
+                              uintptr_t stream, const std::string& kernel) {
   const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse}, "rope2d_attention");
+  const AttnKernel which = attention_kernel(kernel, device);
   const AttentionParams p =
-      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, false, device);
-  run_attention(p, false, v, nullptr, max_seqlen, device, stream);
+      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, false, device, kernel);
+  run_attention(p, false, v, nullptr, max_seqlen, device, stream, which);
 }
 
 void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
                                const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out,
                                const TensorRef& lse, const TensorRef& dout, const TensorRef& dq, const TensorRef& dk,
                                const TensorRef& dv, const TensorRef& workspace, double scale, int64_t max_seqlen,
-                               uintptr_t stream) {
+                               uintptr_t stream, const std::string& kernel) {
   const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse, &dout, &dq, &dk, &dv},
                                    "rope2d_attention_backward");
+  const AttnKernel which = attention_kernel(kernel, device);
   AttentionParams p =
-      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, true, device);
+      attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, true, device, kernel);
   expect_thd(dout, q, "dout");
   expect_thd(dq, q, "dq");
   expect_thd(dk, q, "dk");
@@ -203,7 +230,32 @@ void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const Ten
   p.dk_stride_head = dk.strides[1];
   p.dv_stride_token = dv.strides[0];
   p.dv_stride_head = dv.strides[1];
-  run_attention(p, true, v, &dout, max_seqlen, device, stream);
+  run_attention(p, true, v, &dout, max_seqlen, device, stream, which);
+}
+
+// Test only (vl3fast/ops/_attention_stages.py): the tensor-core pre-passes alone on CUDA tensors, so a
+// failure can be placed in the pre-pass or in the main kernel.
+void attn_tc_prepass(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& cu_seqlens,
+                     const TensorRef& pos_hw, const TensorRef& inv_freq, const TensorRef& out, const TensorRef& lse,
+                     const TensorRef& dout, const TensorRef& workspace, double scale, int64_t max_seqlen, bool backward,
+                     uintptr_t stream) {
+  const int device = common_device({&q, &k, &v, &cu_seqlens, &pos_hw, &inv_freq, &out, &lse, &dout}, "_attn_tc_prepass");
+  expect(device >= 0, "_attn_tc_prepass: CUDA tensors only");
+  AttentionParams p = attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, backward,
+                                       device, "cuda_tensor_core");
+  expect_thd(dout, q, "dout");
+  p.dout = dout.data;
+  p.dout_stride_token = dout.strides[0];
+  p.dout_stride_head = dout.strides[1];
+#ifdef VL3FAST_WITH_CUDA
+  expect_vector_aligned(v, "v");
+  expect_vector_aligned(dout, "dout");
+  cuda::rope2d_attention_prepass(p, max_seqlen, backward, device, stream);
+#else
+  (void)p;
+  (void)max_seqlen;
+  (void)stream;
+#endif
 }
 
 }  // namespace
@@ -211,7 +263,7 @@ void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const Ten
 void bind_attention(py::module_& m) {
   m.def("rope2d_attention_workspace_bytes", &rope2d_attention_workspace_bytes, py::arg("num_tokens"),
         py::arg("num_segments"), py::arg("num_heads"), py::arg("head_dim"), py::arg("backward"),
-        py::arg("device_index") = -1,
+        py::arg("device_index") = -1, py::arg("kernel") = "",
         "Bytes of uint8 workspace rope2d_attention_forward/backward need (CPU: with the current thread count).");
   m.def("attention_cpu_configs", &attention_cpu_configs,
         "The CPU attention kernel's fast-path head dims (declared once in cpu/attention_tiles.h).");
@@ -220,11 +272,17 @@ void bind_attention(py::module_& m) {
   m.def("rope2d_attention_forward", &rope2d_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
         py::arg("workspace"), py::arg("scale"), py::arg("max_seqlen") = -1, py::arg("stream") = 0,
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("kernel") = "", py::call_guard<py::gil_scoped_release>());
   m.def("rope2d_attention_backward", &rope2d_attention_backward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("cu_seqlens"), py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"),
         py::arg("dout"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("workspace"), py::arg("scale"),
-        py::arg("max_seqlen") = -1, py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+        py::arg("max_seqlen") = -1, py::arg("stream") = 0, py::arg("kernel") = "",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("_attn_tc_prepass", &attn_tc_prepass, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens"),
+        py::arg("pos_hw"), py::arg("inv_freq"), py::arg("out"), py::arg("lse"), py::arg("dout"),
+        py::arg("workspace"), py::arg("scale"), py::arg("max_seqlen"), py::arg("backward"), py::arg("stream") = 0,
+        py::call_guard<py::gil_scoped_release>(),
+        "Test only: the CUDA tensor-core kernel's pre-passes alone, outputs left in the workspace.");
 }
 
 }  // namespace vl3fast::bindings

@@ -32,6 +32,7 @@
 #include "isa.h"
 #include "scalar_types.h"
 #include "vec_math.h"
+#include "vl3fast/table_search.h"
 
 namespace vl3fast::cpu::VL3FAST_ISA_NS {
 
@@ -95,7 +96,6 @@ struct Attention {
     return offs[p.num_segments];
   }
 
-  // Item -> (segment, head, block): the last segment whose first item is <= item.
   // The rows a work item owns: head h, `count` (<= block_size) rows starting at packed row `first`,
   // inside the segment [seg_start, seg_start + seg_len).
   struct ItemRows {
@@ -115,12 +115,9 @@ struct Attention {
             p.cu_seqlens[seg], len};
   }
 
+  // Work item -> (segment, head, block): the last segment whose first item is <= item.
   void locate(int64_t item, int64_t& seg, int& head, int64_t& block) const {
-    int64_t lo = 0, hi = p.num_segments - 1;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi + 1) / 2;
-      if (offsets[mid] <= item) lo = mid; else hi = mid - 1;
-    }
+    const int64_t lo = last_row_at_most(offsets, p.num_segments, 1, 0, item);
     seg = lo;
     const int64_t blocks = (offsets[lo + 1] - offsets[lo]) / H;
     const int64_t local = item - offsets[lo];

@@ -1,6 +1,6 @@
 // Backward tensor-core kernel of rope2d attention, FA2 style (tile configuration: vl3fast/attention_tc.h).
 //
-// One CTA = (segment, 64-key block, head); each warp owns 16 keys and keeps dK, dV (fp32) in registers
+// One CTA = (64-key block, head) of the hint-free grid; each warp owns 16 keys and keeps dK, dV (fp32) in registers
 // while it walks the segment's query tiles (rotated q from the pre-pass, dout, lse and delta =
 // rowsum(dout * out) from the delta pre-pass).  Per query tile, with all products on tensor cores:
 //   S^T = K Q^T (over D_qk), P^T = exp2(S^T * scale * log2 e - lse * log2 e), dP^T = V dO^T (over D_qk;
@@ -25,20 +25,21 @@ using namespace attn_tc;
 using namespace tc;
 
 // acc[NT][4] += A (16 x 16, fragments `a`) x B (16 x 8 NT), B read from shared memory stored k-major
-// ([16 rows of k][n], row stride `ld`) with ldmatrix.trans: x4 per pair of n-tiles, x2 for an odd last one.
+// ([k][n], row stride `ld`): rows kk*16.., columns col0.., with ldmatrix.trans: x4 per pair of n-tiles, x2
+// for an odd last one.
 template <typename T, int NT>
-__device__ __forceinline__ void mma_rows_times_tile(float (&acc)[NT][4], const uint32_t (&a)[4], const T* b_s, int ld,
-                                                    int lane) {
+__device__ __forceinline__ void mma_rows_times_tile(float (&acc)[NT][4], const uint32_t (&a)[4], const T* b_s, int kk,
+                                                    int col0, int ld, int lane) {
 #pragma unroll
   for (int np = 0; np < NT / 2; ++np) {
     uint32_t b[4];
-    ldsm_x4_t(b, b_s + ldsm_bk_row(lane) * ld + np * 16 + ldsm_bk_col(lane));
+    ldsm_x4_t(b, b_s + bwd_rows_frag(kk, col0, np, lane, ld));
     mma<T>(acc[2 * np], a, b[0], b[1]);
     mma<T>(acc[2 * np + 1], a, b[2], b[3]);
   }
   if constexpr (NT % 2 == 1) {
     uint32_t b[2];
-    ldsm_x2_t(b, b_s + ldsm_bk_row(lane % 16) * ld + (NT - 1) * 8);
+    ldsm_x2_t(b, b_s + bwd_rows_frag_last(kk, col0, NT, lane, ld));
     mma<T>(acc[NT - 1], a, b[0], b[1]);
   }
 }
@@ -62,18 +63,24 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
 
   const AttentionParams& p = a.p;
   const int64_t num_tokens = p.num_tokens;
+  // A malformed cu_seqlens leaves no work item (the scan zeroes the count); dq_finalize_kernel then writes
+  // NaN to dq, dk and dv (kept out of this kernel: the D = 128 instantiation is at the register limit).
+  // One work item per CTA: the backward's grid is always the hint-free bound (attention.cu), which covers
+  // every block of a well-formed cu_seqlens.  (A grid-stride loop here costs the D = 128 instantiation,
+  // at the 255-register limit, 8 bytes of spills.)
   const WorkItem it = decode_work_item(a.block_start, p.cu_seqlens, p.num_segments, num_tokens, kBlockN, blockIdx.x);
-  if (it.segment < 0) return;
+  if (it.segment < 0) return;  // idle CTA of the upper-bound grid
   const int h = blockIdx.y;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* k_s = reinterpret_cast<T*>(smem_raw);
-  T* v_s = k_s + kBlockN * SQ;
-  T* q_s = v_s + kBlockN * SQ;
-  T* do_s = q_s + BQ * SQ;
-  T* ds_s = do_s + BQ * SQ;  // dS^T [key][query]
-  float* lse_s = reinterpret_cast<float*>(ds_s + kBlockN * SS);
+  constexpr BwdSmem L = bwd_smem(D);
+  T* k_s = reinterpret_cast<T*>(smem_raw) + L.k0;
+  T* v_s = reinterpret_cast<T*>(smem_raw) + L.v0;
+  T* q_s = reinterpret_cast<T*>(smem_raw) + L.q0;
+  T* do_s = reinterpret_cast<T*>(smem_raw) + L.do0;
+  T* ds_s = reinterpret_cast<T*>(smem_raw) + L.ds0;  // dS^T [key][query]
+  float* lse_s = reinterpret_cast<float*>(smem_raw + L.stats_byte);
   float* delta_s = lse_s + BQ;
 
   const int nk = it.rows;
@@ -84,10 +91,10 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
     for (int i = tid; i < kBlockN * KC; i += kThreads) {
       const int r = i / KC, c = i % KC;
       const bool ok = r < nk;
-      cp_async16(k_s + r * SQ + c * 8, k_rot + static_cast<int64_t>(ok ? r : 0) * DQ + c * 8, ok);
+      cp_async16(k_s + chunk_offset(r, c, SQ), k_rot + static_cast<int64_t>(ok ? r : 0) * DQ + c * 8, ok);
       const bool vok = ok && c < D / 8;
-      cp_async16(v_s + r * SQ + c * 8, v_g + static_cast<int64_t>(ok ? r : 0) * p.v_stride_token + (vok ? c * 8 : 0),
-                 vok);
+      cp_async16(v_s + chunk_offset(r, c, SQ),
+                 v_g + static_cast<int64_t>(ok ? r : 0) * p.v_stride_token + (vok ? c * 8 : 0), vok);
     }
     cp_async_commit();
   }
@@ -113,9 +120,9 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
         const int r = i / KC, c = i % KC;
         const bool ok = r < nq;
         const int64_t row = q0 + (ok ? r : 0);
-        cp_async16(q_s + r * SQ + c * 8, q_rot + row * DQ + c * 8, ok);
+        cp_async16(q_s + chunk_offset(r, c, SQ), q_rot + row * DQ + c * 8, ok);
         const bool dok = ok && c < D / 8;
-        cp_async16(do_s + r * SQ + c * 8, do_g + row * p.dout_stride_token + (dok ? c * 8 : 0), dok);
+        cp_async16(do_s + chunk_offset(r, c, SQ), do_g + row * p.dout_stride_token + (dok ? c * 8 : 0), dok);
       }
       cp_async_commit();
       for (int i = tid; i < BQ; i += kThreads) {
@@ -137,15 +144,15 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) {
       uint32_t ka[4], va[4];
-      ldsm_x4(ka, k_s + (warp * 16 + ldsm_a_row(lane)) * SQ + kk * 16 + ldsm_a_col(lane));
-      ldsm_x4(va, v_s + (warp * 16 + ldsm_a_row(lane)) * SQ + kk * 16 + ldsm_a_col(lane));
+      ldsm_x4(ka, k_s + bwd_kv_frag(warp, kk, lane, SQ));
+      ldsm_x4(va, v_s + bwd_kv_frag(warp, kk, lane, SQ));
 #pragma unroll
       for (int np = 0; np < NTQ / 2; ++np) {
         uint32_t b[4];
-        ldsm_x4(b, q_s + (np * 16 + ldsm_bn_row(lane)) * SQ + kk * 16 + ldsm_bn_col(lane));
+        ldsm_x4(b, q_s + bwd_qdo_frag(np, kk, lane, SQ));
         mma<T>(st[2 * np], ka, b[0], b[1]);
         mma<T>(st[2 * np + 1], ka, b[2], b[3]);
-        ldsm_x4(b, do_s + (np * 16 + ldsm_bn_row(lane)) * SQ + kk * 16 + ldsm_bn_col(lane));
+        ldsm_x4(b, do_s + bwd_qdo_frag(np, kk, lane, SQ));
         mma<T>(dpt[2 * np], va, b[0], b[1]);
         mma<T>(dpt[2 * np + 1], va, b[2], b[3]);
       }
@@ -168,20 +175,19 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
       const uint32_t pa[4] = {pack2<T>(st[2 * kk][0], st[2 * kk][1]), pack2<T>(st[2 * kk][2], st[2 * kk][3]),
                               pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]),
                               pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-      mma_rows_times_tile<T, NTD>(dv, pa, do_s + kk * 16 * SQ, SQ, lane);
+      mma_rows_times_tile<T, NTD>(dv, pa, do_s, kk, 0, SQ, lane);
     }
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; ++kk) {
       const uint32_t da[4] = {pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]), pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]),
                               pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
                               pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
-      mma_rows_times_tile<T, NTD>(dk, da, q_s + kk * 16 * SQ, SQ, lane);
+      mma_rows_times_tile<T, NTD>(dk, da, q_s, kk, 0, SQ, lane);
       // dS^T to shared memory (rows = keys, cols = queries), for dQ.
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int col = (2 * kk + half) * 8 + frag_c_col(lane, 0);
-        *reinterpret_cast<uint32_t*>(ds_s + (warp * 16 + frag_c_row(lane, 0)) * SS + col) = half ? da[2] : da[0];
-        *reinterpret_cast<uint32_t*>(ds_s + (warp * 16 + frag_c_row(lane, 2)) * SS + col) = half ? da[3] : da[1];
+        *reinterpret_cast<uint32_t*>(ds_s + bwd_ds_store(warp, kk, half, lane, 0, SS)) = half ? da[2] : da[0];
+        *reinterpret_cast<uint32_t*>(ds_s + bwd_ds_store(warp, kk, half, lane, 2, SS)) = half ? da[3] : da[1];
       }
     }
     __syncthreads();
@@ -195,16 +201,16 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
         uint32_t aa[4];
-        ldsm_x4_t(aa, ds_s + (kk * 16 + ldsm_ak_row(lane)) * SS + mt * 16 + ldsm_ak_col(lane));
-        mma_rows_times_tile<T, NTG>(dq, aa, k_s + kk * 16 * SQ + grp * NTG * 8, SQ, lane);
+        ldsm_x4_t(aa, ds_s + bwd_ds_frag(kk, mt, lane, SS));
+        mma_rows_times_tile<T, NTG>(dq, aa, k_s, kk, grp * NTG * 8, SQ, lane);
       }
       float* dq_g = a.dq_accum + (h * num_tokens + it.seg_begin + q0) * D;
 #pragma unroll
       for (int t = 0; t < NTG; ++t)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int row = mt * 16 + frag_c_row(lane, i);
-          if (row < nq) atomicAdd(dq_g + row * D + (grp * NTG + t) * 8 + frag_c_col(lane, i), dq[t][i]);
+          const int row = bwd_dq_row(mt, lane, i);
+          if (row < nq) atomicAdd(dq_g + row * D + bwd_dq_col(grp, NTG, t, lane, i), dq[t][i]);
         }
     }
     __syncthreads();  // q_s, do_s, ds_s are refilled by the next query tile
@@ -215,10 +221,10 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
   float* dk_s = reinterpret_cast<float*>(smem_raw);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int row = warp * 16 + frag_c_row(lane, 2 * r);
+    const int row = out_frag_row(warp, lane, r);
 #pragma unroll
     for (int t = 0; t < NTD; ++t) {
-      const int col = t * 8 + frag_c_col(lane, 0);
+      const int col = out_frag_col(t, lane);
       if (row < nk)
         *reinterpret_cast<uint32_t*>(dv_g + static_cast<int64_t>(row) * p.dv_stride_token + col) =
             pack2<T>(dv[t][2 * r], dv[t][2 * r + 1]);
@@ -246,12 +252,14 @@ void attention_bwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t strea
     using T = typename decltype(tag)::type;
     constexpr int D = decltype(dim)::value;
     const int smem = bwd_smem_bytes(D);
+    static_assert(bwd_smem_bytes(D) == bwd_smem(D).stats_byte + 2 * bwd_block_q(D) * 4, "carve-up = launched size");
     auto kernel = attn_bwd_kernel<T, D>;
+    const std::string name = kernel_name("attn_bwd_kernel", a.p.dtype, D);
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-               "rope2d_attention backward smem attribute");
+               name + " shared-memory attribute");
     const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(a.p.num_heads));
     kernel<<<grid, kThreads, smem, stream>>>(a);
-    check_cuda(cudaGetLastError(), "rope2d_attention backward launch");
+    check_launch(name, stream);
   });
 }
 

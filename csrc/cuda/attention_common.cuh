@@ -14,9 +14,11 @@
 
 namespace vl3fast::cuda {
 
-// AttentionParams plus the workspace regions (attn_tc::Workspace) resolved to pointers.
+// AttentionParams plus the workspace regions (attn_tc::Workspace or attn_simple::Workspace) resolved to
+// pointers (the simple kernel has no k_rot, q_rot or dq_accum).
 struct AttnDevArgs {
   AttentionParams p;
+  int32_t* status = nullptr;  // attn_tc::kStatus* bits, written by the block-table scan
   const int32_t* block_start = nullptr;
   float2* cos_sin = nullptr;
   void* k_rot = nullptr;
@@ -64,8 +66,44 @@ void attn_tc_dispatch(DType dtype, int head_dim, const char* name, F&& f) {
   }
 }
 
+// "attn_fwd_kernel<bfloat16, 72>": how checked mode names a launch.
+inline std::string kernel_name(const char* base, DType dtype, int head_dim) {
+  return std::string(base) + "<" + dtype_name(dtype) + ", " + std::to_string(head_dim) + ">";
+}
+
+#ifdef __CUDACC__
+// A malformed cu_seqlens (status bit set by the scan): the kernels write NaN to every element of their
+// outputs instead of computing, so a result is never uninitialised memory.  `x` is [T, H, D] with the
+// given strides; the grid's CTAs share the work (any grid shape).
+template <typename T>
+__device__ void fill_nan_thd(T* x, int64_t stride_token, int64_t stride_head, const AttentionParams& p) {
+  const int64_t cta = blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
+  const int64_t ctas = static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z;
+  const int64_t total = p.num_tokens * p.num_heads * p.head_dim;
+  T nan_value;
+  if constexpr (std::is_same_v<T, float>) nan_value = __int_as_float(0x7fffffff);
+  else if constexpr (std::is_same_v<T, __half>) nan_value = __ushort_as_half(0x7fff);
+  else nan_value = __ushort_as_bfloat16(0x7fff);
+  for (int64_t e = cta * blockDim.x + threadIdx.x; e < total; e += ctas * blockDim.x) {
+    const int64_t t = e / (static_cast<int64_t>(p.num_heads) * p.head_dim);
+    const int64_t h = (e / p.head_dim) % p.num_heads;
+    x[t * stride_token + h * stride_head + e % p.head_dim] = nan_value;
+  }
+}
+__device__ inline void fill_nan_lse(const AttentionParams& p) {
+  const int64_t cta = blockIdx.x + static_cast<int64_t>(gridDim.x) * blockIdx.y;
+  const int64_t ctas = static_cast<int64_t>(gridDim.x) * gridDim.y;
+  for (int64_t e = cta * blockDim.x + threadIdx.x; e < p.num_tokens * p.num_heads; e += ctas * blockDim.x)
+    p.lse[e] = __int_as_float(0x7fffffff);
+}
+__device__ inline bool bad_cu_seqlens(const AttnDevArgs& a) { return (*a.status & attn_tc::kStatusBadCuSeqlens) != 0; }
+#endif
+
 // Defined in attention_fwd.cu / attention_bwd.cu (each instantiates the whole list through the dispatch).
 void attention_fwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream);
 void attention_bwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream);
+// The simple kernel (attention_simple.cu): forward, and the dK/dV then dQ passes of the backward.
+void attention_simple_fwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream);
+void attention_simple_bwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream);
 
 }  // namespace vl3fast::cuda

@@ -22,7 +22,7 @@ void rope2d_position_ids(const PositionIdsParams& p, int device, uintptr_t strea
   DeviceGuard guard(device);
   constexpr int kThreads = 256;
   position_ids_kernel<<<grid_for(p.num_tokens, kThreads), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(p);
-  check_cuda(cudaGetLastError(), "rope2d_position_ids launch");
+  check_launch("position_ids_kernel", reinterpret_cast<cudaStream_t>(stream));
 }
 
 }  // namespace vl3fast::cuda

@@ -233,11 +233,11 @@ void frame_keep_mask(const FrameKeepParams& p, int device, uintptr_t stream) {
     case DType::kFloat16: frame_diff_kernel<__half><<<grid, kWarpsPerBlock * 32, 0, s>>>(p); break;
     default: throw std::invalid_argument("frame_keep_mask: unsupported dtype (supported: float32, bfloat16, float16)");
   }
-  check_cuda(cudaGetLastError(), "frame_keep_mask diff launch");
+  check_launch(std::string("frame_diff_kernel<") + dtype_name(p.dtype) + ">", s);
   if (p.min_tokens > 0 && p.num_frames > 0) {
     const unsigned frames = static_cast<unsigned>(p.num_frames < 65535 ? p.num_frames : 65535);
     min_tokens_kernel<<<frames, kFrameThreads, 0, s>>>(p);
-    check_cuda(cudaGetLastError(), "frame_keep_mask min_tokens launch");
+    check_launch("min_tokens_kernel", s);
   }
 }
 
@@ -259,14 +259,15 @@ void keep_compaction(const KeepCompactParams& p, int device, uintptr_t stream) {
   constexpr int kThreads = 256;
   if (p.num_tokens > 0) {
     scan_values_kernel<<<grid_for(p.num_tokens, kThreads), kThreads, 0, s>>>(p, values);
-    check_cuda(cudaGetLastError(), "keep_compaction values launch");
+    check_launch("scan_values_kernel", s);
     check_cuda(cub::DeviceScan::ExclusiveSum(temp, temp_bytes, values, pos, p.num_tokens, s),
                "cub::DeviceScan::ExclusiveSum");
+    check_launch("cub::DeviceScan::ExclusiveSum", s);
   }
   const int64_t work = p.num_tokens > p.num_patches ? p.num_tokens : p.num_patches;
   scatter_kernel<<<grid_for(work > p.num_frames + 1 ? work : p.num_frames + 1, kThreads), kThreads, 0, s>>>(
       p, values, pos);
-  check_cuda(cudaGetLastError(), "keep_compaction scatter launch");
+  check_launch("scatter_kernel", s);
 }
 
 }  // namespace vl3fast::cuda

@@ -51,7 +51,7 @@ void apply_rope2d(const Rope2dParams& p, int device, uintptr_t stream) {
   VL3FAST_DISPATCH_FLOATING(p.dtype, float, __nv_bfloat16, __half, "apply_rope2d", [&] {
     rope2d_kernel<scalar_t><<<blocks, kThreads, 0, s>>>(p);
   });
-  check_cuda(cudaGetLastError(), "apply_rope2d launch");
+  check_launch(std::string("rope2d_kernel<") + dtype_name(p.dtype) + ">", s);
 }
 
 }  // namespace vl3fast::cuda

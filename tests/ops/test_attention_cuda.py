@@ -1,10 +1,11 @@
-"""vl3fast.ops.rope2d_attention on CUDA tensors (the tensor-core kernel) against the fp64 reference.
+"""vl3fast.ops.rope2d_attention on CUDA tensors (tensor-core and simple kernels) against the fp64 reference.
 
 Same rule and helpers as the CPU tests (tests/ops/test_attention.py, DESIGN.md §5): for out, dq, dk, dv,
 err(kernel, fp64 ref) <= 2 * err(torch same dtype, fp64 ref) + floor, with "torch same dtype" the
 transformers path (fp32 RoPE + per-segment SDPA) run on the same CUDA tensors.  Parametrized from the
 kernel's single supported list (ATTENTION_CUDA_DTYPES x ATTENTION_CUDA_HEAD_DIMS, read from the compiled
-core).  Marked `cuda`: skipped with the reason when no usable CUDA device (benchmarks/gpu/validate.sh runs them).
+core); float32 and other head dims on the simple kernel; checked mode (VL3FAST_CUDA_DEBUG), the
+device-side input checks and the pre-pass outputs.  Marked `cuda`: skipped with the reason when no usable CUDA device (benchmarks/gpu/validate.sh runs them).
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torch
 
 import vl3fast
 from vl3fast.ops import rope2d_attention, rope2d_position_ids
-from vl3fast.ops.attention import ATTENTION_CUDA_DTYPES, ATTENTION_CUDA_HEAD_DIMS
+from vl3fast.ops.attention import (
+    ATTENTION_CUDA_DTYPES, ATTENTION_CUDA_HEAD_DIMS, kernel_for, run_backward, run_forward,
+)
 
 from .test_attention import _packed, assert_matches_reference
 
@@ -131,19 +134,78 @@ def test_no_host_sync():
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_float32_on_cuda_is_a_type_error_naming_the_supported_dtypes():
-    q = torch.zeros(10, 2, 72, device="cuda")
-    with pytest.raises(TypeError, match="bfloat16, float16"):
-        rope2d_attention(q, q, q, torch.tensor([0, 10], dtype=torch.int32, device="cuda"),
-                         torch.zeros(10, 2, dtype=torch.int32, device="cuda"))
+@pytest.mark.parametrize("head_dim", [72, 128])
+def test_float32_runs_on_the_simple_kernel(head_dim):
+    assert kernel_for("cuda", torch.float32, head_dim) == "cuda_simple"
+    assert_matches_reference(*_cuda(*_packed([1, 2, 63, 130], 2, head_dim, torch.float32)))
 
 
 @pytest.mark.parametrize("head_dim", [4, 48, 256])
-def test_unsupported_head_dim_on_cuda_names_the_supported_set(head_dim):
-    q = torch.zeros(10, 2, head_dim, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match=r"supported on CUDA: \(64, 72, 80, 96, 128\)"):
-        rope2d_attention(q, q, q, torch.tensor([0, 10], dtype=torch.int32, device="cuda"),
-                         torch.zeros(10, 2, dtype=torch.int32, device="cuda"))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_head_dims_outside_the_tensor_core_list_run_on_the_simple_kernel(dtype, head_dim):
+    assert kernel_for("cuda", dtype, head_dim) == "cuda_simple"
+    assert_matches_reference(*_cuda(*_packed([1, 17, 70], 2, head_dim, dtype)))
+
+
+@pytest.mark.parametrize("head_dim", [72, 128])
+def test_simple_and_tensor_core_kernels_agree(head_dim):
+    q, k, v, cu, pos = _cuda(*_packed([1, 65, 130], 2, head_dim, torch.bfloat16))
+    scale = head_dim**-0.5
+    out_tc, lse_tc = run_forward("cuda_tensor_core", q, k, v, cu, pos, 10000.0, scale)
+    out_s, lse_s = run_forward("cuda_simple", q, k, v, cu, pos, 10000.0, scale)
+    torch.testing.assert_close(out_tc.float(), out_s.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(lse_tc, lse_s, rtol=0, atol=2e-2)
+
+
+@pytest.mark.parametrize("kernel", ["cuda_tensor_core", "cuda_simple"])
+def test_too_small_max_seqlen_hint_changes_nothing_and_checked_mode_names_it(kernel, monkeypatch):
+    q, k, v, cu, pos = _cuda(*_packed([5, 300, 64, 65], 2, 72, torch.bfloat16))
+    full, lse = run_forward(kernel, q, k, v, cu, pos, 10000.0, 72**-0.5)
+    for hint in (0, 1, 64, 299):
+        out, lse_h = run_forward(kernel, q, k, v, cu, pos, 10000.0, 72**-0.5, hint)
+        torch.testing.assert_close(out, full, rtol=0, atol=0)
+        torch.testing.assert_close(lse_h, lse, rtol=0, atol=0)
+    monkeypatch.setenv("VL3FAST_CUDA_DEBUG", "1")
+    with pytest.raises(ValueError, match="max_seqlen: the hint 64 is below the longest segment"):
+        run_forward(kernel, q, k, v, cu, pos, 10000.0, 72**-0.5, 64)
+
+
+@pytest.mark.parametrize("kernel", ["cuda_tensor_core", "cuda_simple"])
+@pytest.mark.parametrize("cu_values", [[0, 50, 20, 100], [0, 60], [5, 40, 100], [0, 100, 100, 90]])
+def test_malformed_cu_seqlens_gives_nan_and_checked_mode_names_it(kernel, cu_values, monkeypatch):
+    q, k, v, _, pos = _cuda(*_packed([100], 2, 72, torch.bfloat16))
+    cu = torch.tensor(cu_values, dtype=torch.int32, device="cuda")
+    out, lse = run_forward(kernel, q, k, v, cu, pos, 10000.0, 72**-0.5)
+    assert out.isnan().all() and lse.isnan().all()
+    dq, dk, dv = run_backward(kernel, torch.ones_like(q), q, k, v, out, lse, cu, pos, 10000.0, 72**-0.5)
+    assert dq.isnan().all() and dk.isnan().all() and dv.isnan().all()
+    monkeypatch.setenv("VL3FAST_CUDA_DEBUG", "1")
+    with pytest.raises(ValueError, match="cu_seqlens: inconsistent"):
+        run_forward(kernel, q, k, v, cu, pos, 10000.0, 72**-0.5)
+    torch.cuda.synchronize()  # the context is still usable
+
+
+@pytest.mark.parametrize("kernel", ["cuda_tensor_core", "cuda_simple"])
+def test_checked_mode_gives_the_same_results(kernel, monkeypatch):
+    q, k, v, cu, pos = _cuda(*_packed([1, 63, 64, 65], 2, 72, torch.bfloat16))
+    plain = run_forward(kernel, q, k, v, cu, pos, 10000.0, 72**-0.5)
+    monkeypatch.setenv("VL3FAST_CUDA_DEBUG", "1")
+    checked = run_forward(kernel, q, k, v, cu, pos, 10000.0, 72**-0.5)
+    for a, b in zip(plain, checked):
+        assert not b.isnan().any()  # every element written over the NaN fill
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    dq, dk, dv = run_backward(kernel, torch.ones_like(q), q, k, v, *checked, cu, pos, 10000.0, 72**-0.5)
+    assert not (dq.isnan().any() or dk.isnan().any() or dv.isnan().any())
+
+
+def test_prepass_outputs_match_their_definitions():
+    from vl3fast.ops._attention_stages import check_prepass, tensor_core_prepass
+
+    q, k, v, cu, pos = _cuda(*_packed([1, 65, 130], 2, 72, torch.bfloat16))
+    dout = torch.randn_like(q)
+    out, lse = run_forward("cuda_tensor_core", q, k, v, cu, pos, 10000.0, 72**-0.5)
+    stages = tensor_core_prepass(q, k, v, cu, pos, 10000.0, 72**-0.5, dout=dout, out=out, lse=lse)
+    assert check_prepass(stages, q, k, cu, pos, 10000.0, dout=dout, out=out) == []
 
 
 def test_opcheck():

@@ -7,7 +7,10 @@ is reached here through test-only bindings (`_attn_tc_*`).  Checked:
 - the MMA fragment coordinates: a CPU emulation of ldmatrix (PTX semantics) and mma.m16n8k16 fragment
   layouts (from the PTX ISA tables, written out independently below) reproduces exact matrix products for
   every operand layout the kernels use, including the accumulator -> A-operand reuse of P;
-- workspace layout, shared-memory budgets and bank-conflict-free row strides.
+- workspace layout, shared-memory budgets and bank-conflict-free row strides;
+- the device-side input checks and the grid-stride work loop (`_attn_tc_schedule`): results never depend
+  on the max_seqlen hint, and a malformed cu_seqlens schedules no work (the kernels write NaN instead).
+The kernels' full shared-memory address expressions run in the warp emulator (test_attention_cuda_emulator.py).
 """
 from __future__ import annotations
 
@@ -86,6 +89,58 @@ def test_random_packs_decode_exactly():
         expected = _expected_items(cu, T, BLOCK)
         assert [tuple(i) for i in plan["items"][: len(expected)]] == expected
         assert all(i[0] == -1 for i in plan["items"][len(expected):])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("hint", ["none", "zero", "one", "half", "exact"])
+def test_grid_stride_loop_computes_every_block_once_whatever_the_hint(case, hint):
+    """The kernels loop over work items up to the device-derived count: a max_seqlen hint below the longest
+    segment (or 0) shrinks the launched grid but never leaves a block uncomputed."""
+    lengths = CASES[case]
+    cu, T = _cu(lengths), sum(lengths)
+    longest = max(lengths)
+    max_seqlen = {"none": -1, "zero": 0, "one": 1, "half": longest // 2, "exact": longest}[hint]
+    sched = core._attn_tc_schedule(cu, T, BLOCK, max_seqlen)
+    assert sched["grid"] >= 1 and not sched["bad_cu_seqlens"]
+    assert sched["max_seqlen_too_small"] == (0 <= max_seqlen < longest)
+    done = sorted(item for cta in sched["per_cta"] for item in cta)
+    assert done == sorted(i[:4] for i in _expected_items(cu, T, BLOCK))
+
+
+@pytest.mark.parametrize(("cu", "T"), [([0, 50, 20, 100], 100), ([0, 200, 300], 100), ([-5, 40, 100], 100),
+                                       ([0, 100, 100, 90], 100), ([0, 50], 100), ([3], 0), ([0], 5)])
+def test_device_side_check_flags_a_malformed_cu_seqlens_and_schedules_nothing(cu, T):
+    """The scan's check (csrc/cuda/attention.cu) is the shared segment_status(): the kernels then NaN-fill
+    every output instead of computing (and checked mode raises a ValueError naming cu_seqlens)."""
+    sched = core._attn_tc_schedule(cu, T, BLOCK, -1)
+    assert sched["bad_cu_seqlens"] and not sched["max_seqlen_too_small"]
+    assert all(cta == [] for cta in sched["per_cta"])
+
+
+def test_device_side_check_passes_well_formed_inputs():
+    for lengths in CASES.values():
+        sched = core._attn_tc_schedule(_cu(lengths), sum(lengths), BLOCK, max(lengths))
+        assert sched["status"] == 0
+    assert core._attn_tc_schedule([0], 0, BLOCK, -1)["status"] == 0
+
+
+@pytest.mark.parametrize("head_dim", [4, 48, 72, 256])
+@pytest.mark.parametrize("backward", [False, True])
+def test_simple_kernel_workspace_and_shared_memory(head_dim, backward):
+    T, S, H = 1025, 7, 3
+    w = core._attn_simple_layout(T, S, H, head_dim, backward)
+    regions = [("status", 4), ("block_start", (S + 1) * 4), ("cos_sin", T * head_dim // 2 * 8)]
+    if backward:
+        regions.append(("delta", H * T * 4))
+    spans = sorted((w[name], w[name] + size) for name, size in regions)
+    for (b0, e0), (b1, _) in zip(spans, spans[1:]):
+        assert e0 <= b1
+    assert spans[-1][1] <= w["total"]
+    assert core.rope2d_attention_workspace_bytes(T, S, H, head_dim, backward, 0, "cuda_simple") == w["total"]
+    # fp32 [16 x D] tiles (3 forward, 4 backward) plus score tiles: within sm80's 227 KiB opt-in limit.
+    assert w["fwd_smem"] == 4 * (3 * 16 * head_dim + 16 * 16 + 3 * 16)
+    assert w["bwd_smem"] == 4 * (4 * 16 * head_dim + 2 * 16 * 16 + 2 * 16)
+    assert max(w["fwd_smem"], w["bwd_smem"]) <= 227 * 1024 and w["max_head_dim"] == 256
 
 
 @pytest.mark.parametrize("cu", [[0, 50, 20, 100], [0, 200, 300], [-5, 40, 100], [0, 100, 100, 90]])
@@ -219,7 +274,8 @@ def test_workspace_layout(head_dim, backward):
     w = core._attn_tc_layout(T, S, H, head_dim, backward)
     dq = w["qk_dim"]
     assert dq % 16 == 0 and dq - head_dim < 16 and (head_dim != 72 or dq == 80)
-    regions = [("block_start", (S + 1) * 4), ("cos_sin", T * head_dim // 2 * 8), ("k_rot", H * T * dq * 2)]
+    regions = [("status", 4), ("block_start", (S + 1) * 4), ("cos_sin", T * head_dim // 2 * 8),
+               ("k_rot", H * T * dq * 2)]
     if backward:
         regions += [("q_rot", H * T * dq * 2), ("delta", H * T * 4), ("dq_accum", H * T * head_dim * 4)]
     spans = sorted((w[name], w[name] + size) for name, size in regions)

@@ -133,7 +133,7 @@ def test_budget_fails_before_decoding(videos, monkeypatch):
     def no_decoding(*a, **k):
         raise AssertionError("decoded although the budget was exceeded")
 
-    monkeypatch.setattr("vl3fast.processing.preprocess.load_video", no_decoding)
+    monkeypatch.setattr("vl3fast.processing.preprocess.decode_frames", no_decoding)
     with pytest.raises(TokenBudgetError, match="long_max_frames.mp4: 180 x"):
         preprocess_videos(videos["long_max_frames"], max_visual_tokens=10)
     assert estimate_tokens(videos=videos["long_max_frames"], max_visual_tokens=est.visual_tokens).visual_tokens \
@@ -173,3 +173,18 @@ def test_tiny_timeout_is_a_timeout_not_corruption(videos, timeout):
 
     with pytest.raises(DecodeTimeoutError):
         load_video(videos["long_max_frames"], timeout=timeout)
+
+
+def test_a_video_file_is_opened_once_per_call(videos, monkeypatch):
+    """Probe, packet index and decode share one container (they used to open the file three times)."""
+    opened, real = [], video_module._open_container
+
+    def counting(path, timeout):
+        opened.append(path)
+        return real(path, timeout)
+
+    monkeypatch.setattr(video_module, "_open_container", counting)
+    preprocess_videos(videos["h264_bframes"], num_frames=4)
+    assert len(opened) == 1
+    load_video(videos["h264_bframes"], num_frames=4)
+    assert len(opened) == 2

@@ -58,8 +58,10 @@ def test_equals_transformers(models, encoded, kind, variant):
         assert rel_err(got[name], want[name]) < 1e-4, name
 
 
-def test_packed_equals_unpacked(models, encoded):
+@pytest.mark.parametrize("pruning", ["after", "before"])
+def test_packed_equals_unpacked(models, encoded, pruning):
     _, ours = models
+    ours.pruning = pruning  # before: pruned patches never enter the encoder
     encs = list(encoded.values())
     loss_p, n_p = ours(packed=collate(encs))
     loss_p.backward()

@@ -2,12 +2,19 @@
 
 The op `vl3fast::rope2d_attention` returns (out, lse); lse (float32 `[H, T]`, the log-sum-exp of the
 scaled logits) is what the backward op `vl3fast::rope2d_attention_backward` recomputes the softmax from,
-so no `[L, L]` matrix is ever stored.  CPU tensors run the C++ kernel (csrc/cpu/kernels/attention.cpp);
-CUDA tensors run the tensor-core kernel (csrc/cuda/attention*.cu) for the dtypes and head dims in
-ATTENTION_CUDA_DTYPES x ATTENTION_CUDA_HEAD_DIMS, read from the compiled core, where that list is declared
-once (csrc/include/vl3fast/attention_tc.h).  The CUDA path never syncs with the host: cu_seqlens is not
-read on the host (not validated either: pass a well-formed one), and max_seqlen is an optional hint.
-The CUDA kernel compiles but has not yet run on a GPU: unverified until benchmarks/gpu/validate.sh passes.
+so no `[L, L]` matrix is ever stored.  Which kernel runs is decided in one place, `kernel_for` (the
+dispatch table below): CPU tensors run the C++ kernel (csrc/cpu/kernels/attention.cpp); CUDA tensors run
+the tensor-core kernel (csrc/cuda/attention_fwd.cu, attention_bwd.cu) for ATTENTION_CUDA_DTYPES x
+ATTENTION_CUDA_HEAD_DIMS, read from the compiled core where that list is declared once
+(csrc/include/vl3fast/attention_tc.h), and the simple CUDA kernel (csrc/cuda/attention_simple.cu: fp32
+throughout, any head dim the CPU kernel takes) for everything else, float32 included.
+
+The CUDA path never syncs with the host: cu_seqlens is checked on the device instead.  A malformed one
+(not 0-first, non-decreasing, ending at T) makes every output NaN; max_seqlen is only a hint for the grid
+size, and results do not depend on it.  With VL3FAST_CUDA_DEBUG=1 (checked mode) every launch is synced
+and checked by name, outputs are NaN-filled first, and both device-side checks raise a ValueError naming
+the argument.  The CUDA kernels compile but have not yet run on a GPU: unverified until
+benchmarks/gpu/validate.sh passes.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from .rope2d import _inv_freq
 
 __all__ = [
     "rope2d_attention", "ATTENTION_HEAD_DIMS", "ATTENTION_FAST_HEAD_DIMS", "ATTENTION_DTYPES",
-    "ATTENTION_CUDA_DTYPES", "ATTENTION_CUDA_HEAD_DIMS",
+    "ATTENTION_CUDA_DTYPES", "ATTENTION_CUDA_HEAD_DIMS", "ATTENTION_KERNELS", "kernel_for",
 ]
 
 # The CPU kernel's fast paths, from the single declaration in the compiled core (csrc/cpu/attention_tiles.h;
@@ -56,25 +63,27 @@ def _check_head_dim(head_dim: int) -> None:
         )
 
 
-def _check_cuda(q: torch.Tensor) -> None:
-    """The CUDA kernel's narrower matrix (tensor cores: 16-bit inputs, compiled head dims)."""
-    if q.device.type != "cuda":
-        return
-    if q.dtype not in ATTENTION_CUDA_DTYPES:
-        names = ", ".join(str(d).removeprefix("torch.") for d in ATTENTION_CUDA_DTYPES)
-        raise TypeError(
-            f"q: dtype {q.dtype} has no CUDA attention kernel; supported on CUDA: {names} "
-            "(float32 runs on the CPU, or cast to bfloat16)"
-        )
-    if q.shape[-1] not in ATTENTION_CUDA_HEAD_DIMS:
-        raise ValueError(
-            f"q: head dim {q.shape[-1]} has no CUDA attention kernel; supported on CUDA: {ATTENTION_CUDA_HEAD_DIMS}"
-        )
+# The dispatch table: kernel name -> what it serves.  `kernel_for` is the one decision; the op, the GPU
+# smoke step (benchmarks/gpu/smoke.py) and the tests read it.
+ATTENTION_KERNELS = {
+    "cpu": "C++ kernel, every dtype and head dim (csrc/cpu/kernels/attention.cpp)",
+    "cuda_tensor_core": "tensor-core kernel, ATTENTION_CUDA_DTYPES x ATTENTION_CUDA_HEAD_DIMS (csrc/cuda/attention_*.cu)",
+    "cuda_simple": "simple fp32 CUDA kernel, every dtype and head dim (csrc/cuda/attention_simple.cu)",
+}
 
 
-def _vector_aligned(t: torch.Tensor) -> torch.Tensor:
-    """The CUDA kernel copies v and dout rows in 16-byte vectors: copy views that are not aligned so."""
-    if t.device.type == "cuda" and (t.data_ptr() % 16 or t.stride(0) % 8 or t.stride(1) % 8):
+def kernel_for(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
+    """The kernel (a key of ATTENTION_KERNELS) that serves tensors of this device type, dtype and head dim."""
+    if device_type != "cuda":
+        return "cpu"
+    if dtype in ATTENTION_CUDA_DTYPES and head_dim in ATTENTION_CUDA_HEAD_DIMS:
+        return "cuda_tensor_core"
+    return "cuda_simple"
+
+
+def _vector_aligned(t: torch.Tensor, kernel: str) -> torch.Tensor:
+    """The tensor-core kernel copies v and dout rows in 16-byte vectors: copy views that are not aligned so."""
+    if kernel == "cuda_tensor_core" and (t.data_ptr() % 16 or t.stride(0) % 8 or t.stride(1) % 8):
         return t.contiguous()
     return t
 
@@ -89,7 +98,6 @@ def _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen) -> None
         if t.dtype != q.dtype:
             raise TypeError(f"{name}: expected the dtype of q ({q.dtype}), got {t.dtype}")
     _check_head_dim(q.shape[-1])
-    _check_cuda(q)
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_last_dim_contiguous(name, t)
     check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
@@ -122,11 +130,59 @@ def _check_values(q, cu_seqlens, pos_hw, max_seqlen) -> None:
         raise ValueError(f"max_seqlen: {max_seqlen} is shorter than the longest segment ({max(lengths)})")
 
 
-def _workspace(q: torch.Tensor, num_segments: int, backward: bool) -> torch.Tensor:
+def _workspace(q: torch.Tensor, num_segments: int, backward: bool, kernel: str) -> torch.Tensor:
     T, H, D = q.shape
     device_index = q.device.index if q.device.type == "cuda" else -1
-    nbytes = core.rope2d_attention_workspace_bytes(T, num_segments, H, D, backward, device_index)
+    nbytes = core.rope2d_attention_workspace_bytes(T, num_segments, H, D, backward, device_index, kernel)
     return torch.empty(nbytes, dtype=torch.uint8, device=q.device)
+
+
+def run_forward(kernel: str, q, k, v, cu_seqlens, pos_hw, theta: float, scale: float, max_seqlen: int = -1,
+                workspace: torch.Tensor | None = None):
+    """(out, lse) from the named kernel (a key of ATTENTION_KERNELS), with no checks beyond the core's.
+
+    The op calls it with `kernel_for(...)`; the GPU smoke step calls each kernel by name to compare them.
+    `workspace` (uint8, at least `core.rope2d_attention_workspace_bytes(...)`) may be passed to read the
+    kernel's intermediate results afterwards (vl3fast/ops/_attention_stages.py).
+    """
+    T, H, D = q.shape
+    out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
+    if q.numel() == 0:
+        return out, lse
+    pos_hw = pos_hw.contiguous()  # keep references: the core only borrows the pointers
+    cu_seqlens = cu_seqlens.contiguous()
+    v = _vector_aligned(v, kernel)
+    if workspace is None:
+        workspace = _workspace(q, cu_seqlens.shape[0] - 1, False, kernel)
+    core.rope2d_attention_forward(
+        tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
+        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(workspace), scale,
+        max_seqlen, stream_of(q), kernel,
+    )
+    return out, lse
+
+
+def run_backward(kernel: str, dout, q, k, v, out, lse, cu_seqlens, pos_hw, theta: float, scale: float,
+                 workspace: torch.Tensor | None = None):
+    """(dq, dk, dv) from the named kernel; see run_forward."""
+    T, H, D = q.shape
+    dout = _vector_aligned(dout if dout.stride(-1) == 1 else dout.contiguous(), kernel)
+    v = _vector_aligned(v, kernel)
+    dq, dk, dv = (torch.empty((T, H, D), dtype=q.dtype, device=q.device) for _ in range(3))
+    if q.numel() == 0:
+        return dq, dk, dv
+    pos_hw = pos_hw.contiguous()
+    cu_seqlens = cu_seqlens.contiguous()
+    lse = lse.contiguous()
+    if workspace is None:
+        workspace = _workspace(q, cu_seqlens.shape[0] - 1, True, kernel)
+    core.rope2d_attention_backward(
+        tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
+        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout),
+        tensor_ref(dq), tensor_ref(dk), tensor_ref(dv), tensor_ref(workspace), scale, -1, stream_of(q), kernel,
+    )
+    return dq, dk, dv
 
 
 @torch.library.custom_op("vl3fast::rope2d_attention", mutates_args=())
@@ -136,21 +192,8 @@ def _rope2d_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen)
     _check_values(q, cu_seqlens, pos_hw, max_seqlen)
-    T, H, D = q.shape
-    out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
-    if q.numel() == 0:
-        return out, lse
-    pos_hw = pos_hw.contiguous()  # keep references: the core only borrows the pointers
-    cu_seqlens = cu_seqlens.contiguous()
-    v = _vector_aligned(v)
-    workspace = _workspace(q, cu_seqlens.shape[0] - 1, backward=False)
-    core.rope2d_attention_forward(
-        tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
-        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(workspace), scale,
-        max_seqlen, stream_of(q),
-    )
-    return out, lse
+    kernel = kernel_for(q.device.type, q.dtype, q.shape[-1])
+    return run_forward(kernel, q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen)
 
 
 @_rope2d_attention.register_fake
@@ -165,23 +208,8 @@ def _rope2d_attention_backward(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     cu_seqlens: torch.Tensor, pos_hw: torch.Tensor, theta: float, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_cuda(q)
-    T, H, D = q.shape
-    dout = _vector_aligned(dout if dout.stride(-1) == 1 else dout.contiguous())
-    v = _vector_aligned(v)
-    dq, dk, dv = (torch.empty((T, H, D), dtype=q.dtype, device=q.device) for _ in range(3))
-    if q.numel() == 0:
-        return dq, dk, dv
-    pos_hw = pos_hw.contiguous()
-    cu_seqlens = cu_seqlens.contiguous()
-    lse = lse.contiguous()
-    workspace = _workspace(q, cu_seqlens.shape[0] - 1, backward=True)
-    core.rope2d_attention_backward(
-        tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
-        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout),
-        tensor_ref(dq), tensor_ref(dk), tensor_ref(dv), tensor_ref(workspace), scale, -1, stream_of(q),
-    )
-    return dq, dk, dv
+    kernel = kernel_for(q.device.type, q.dtype, q.shape[-1])
+    return run_backward(kernel, dout, q, k, v, out, lse, cu_seqlens, pos_hw, theta, scale)
 
 
 @_rope2d_attention_backward.register_fake
@@ -221,13 +249,14 @@ def rope2d_attention(
     Args:
         q, k, v: `[T, H, D]` float32/bfloat16/float16, same shape and dtype, last dim contiguous (token and
             head strides are free, so views of a fused qkv projection work).  D: any of ATTENTION_HEAD_DIMS
-            (2D RoPE splits it in quarters); ATTENTION_FAST_HEAD_DIMS have compile-time fast paths.  On CUDA:
-            bfloat16/float16 and head dims ATTENTION_CUDA_HEAD_DIMS (64, 72, 80, 96, 128) only.
+            (2D RoPE splits it in quarters); ATTENTION_FAST_HEAD_DIMS have compile-time fast paths.  On CUDA,
+            bfloat16/float16 with head dims ATTENTION_CUDA_HEAD_DIMS (64, 72, 80, 96, 128) run on tensor
+            cores, everything else (float32, other head dims) on the simple fp32 kernel (`kernel_for`).
         cu_seqlens: int32 `[S + 1]`, 0 first, non-decreasing, last == T; tokens attend only within their segment.
         pos_hw: int32 `[T, 2]` (row, col) per token, e.g. from `vl3fast.ops.rope2d_position_ids`.
         theta: RoPE base.  scale: softmax scale, default D**-0.5.
         max_seqlen: optional upper bound of the segment lengths (checked when given on the CPU; on CUDA it
-            only shrinks the launch grid, and a value below the longest segment leaves rows unwritten).
+            only sizes the launch grid, results do not depend on it, and VL3FAST_CUDA_DEBUG=1 checks it).
 
     Returns:
         out `[T, H, D]` in q's dtype.  Differentiable in q, k and v (fp32 accumulation throughout; the

@@ -1,6 +1,8 @@
 """apply_rope2d: VideoLLaMA3's 2D rotary embedding on packed [T, H, D] tensors, forward and backward."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .._backend import core
@@ -19,14 +21,10 @@ from ._checks import (
 
 __all__ = ["apply_rope2d"]
 
-_inv_freq_cache: dict[tuple[int, float, torch.device], torch.Tensor] = {}
-
-
+@functools.lru_cache(maxsize=64)  # (head dim, theta, device) of a run: a handful; bounded all the same
 def _inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
-    key = (head_dim, float(theta), device)
-    if key not in _inv_freq_cache:
-        _inv_freq_cache[key] = rope2d_inv_freq(head_dim, theta).to(device)
-    return _inv_freq_cache[key]
+    """float32 ``[D / 4]`` inverse frequencies on ``device``, shared by apply_rope2d and rope2d_attention."""
+    return rope2d_inv_freq(head_dim, theta).to(device)
 
 
 def _check(x: torch.Tensor, pos_hw: torch.Tensor, theta: float) -> None:
@@ -45,7 +43,7 @@ def _apply_rope2d(x: torch.Tensor, pos_hw: torch.Tensor, theta: float, inverse: 
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     pos_hw = pos_hw.contiguous()  # keep a reference: the core only borrows the pointer
     core.apply_rope2d(
-        tensor_ref(x), tensor_ref(pos_hw), tensor_ref(_inv_freq(x.shape[-1], theta, x.device)),
+        tensor_ref(x), tensor_ref(pos_hw), tensor_ref(_inv_freq(x.shape[-1], float(theta), x.device)),
         tensor_ref(out), inverse, stream_of(x),
     )
     return out
@@ -58,9 +56,11 @@ def _(x, pos_hw, theta, inverse):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1])
-    ctx.theta = inputs[2]
-    ctx.inverse = inputs[3]
+    # By name, not position, as in ops/attention.py: robust to signature changes.
+    args = dict(zip(("x", "pos_hw", "theta", "inverse"), inputs))
+    ctx.save_for_backward(args["pos_hw"])
+    ctx.theta = args["theta"]
+    ctx.inverse = args["inverse"]
 
 
 def _backward(ctx, grad_out):

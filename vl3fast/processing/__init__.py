@@ -25,11 +25,12 @@ from .processor_files import ProcessorFiles, read_processor_files
 from .preprocess import VisualInputs, normalize_patchify, preprocess_images, preprocess_videos
 from .resize import ItemPlan, ItemShape, official_resize, plan_sizes, resize_frames, smart_resize
 from .tokens import ItemEstimate, TokenEstimate, estimate_tokens
-from .video import Video, VideoInfo, load_video, probe_video, sample_frame_indices
+from .sampling import sample_frame_indices
+from .video import Video, VideoFile, VideoInfo, load_video, probe_video
 
 __all__ = [
     "ProcessingConfig", "VideoLLaMA3Processor", "ProcessorFiles", "read_processor_files",
-    "load_image", "load_video", "probe_video", "sample_frame_indices", "Video", "VideoInfo",
+    "load_image", "load_video", "probe_video", "sample_frame_indices", "Video", "VideoFile", "VideoInfo",
     "preprocess_images", "preprocess_videos", "VisualInputs", "normalize_patchify", "estimate_tokens",
     "TokenEstimate", "ItemEstimate", "smart_resize", "official_resize", "plan_sizes", "ItemShape", "ItemPlan",
     "resize_frames", "MediaError", "MediaNotFoundError", "NotMediaError", "CorruptMediaError", "EmptyVideoError",

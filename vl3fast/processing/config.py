@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .sampling import DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRAMES
+
 RESIZE_RULES = ("hf", "official")
 
 
@@ -44,10 +46,10 @@ class ProcessingConfig:
     video_max_pixels: int = 28 * 28 * 768
     min_tokens: int = 16
     max_tokens: int = 16384
-    fps: float | None = 1.0
+    fps: float | None = DEFAULT_FPS
     num_frames: int | None = None
-    min_frames: int = 4
-    max_frames: int = 180
+    min_frames: int = DEFAULT_MIN_FRAMES
+    max_frames: int = DEFAULT_MAX_FRAMES
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     rescale_factor: float = 1 / 255
@@ -80,9 +82,6 @@ class ProcessingConfig:
     def official(cls, **overrides) -> "ProcessingConfig":
         """The DAMO-NLP-SG/VideoLLaMA3 inference settings: official resize rule, 16..16384 tokens."""
         return cls(**{"resize_rule": "official", **overrides})
-
-    def replace(self, **overrides) -> "ProcessingConfig":
-        return dataclasses.replace(self, **overrides)
 
 
 def resolve_config(config: ProcessingConfig | None, overrides: dict) -> ProcessingConfig:

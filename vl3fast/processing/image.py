@@ -51,7 +51,7 @@ def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) ->
             f"pixels (raise it with {MAX_PIXELS_ENV} or max_pixels=)")
 
 
-def _open(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[str, "PIL.Image.Image"]:  # noqa: F821
+def _open_image(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[str, "PIL.Image.Image"]:  # noqa: F821
     """(name, lazily opened image): reads the header only; NotMediaError when Pillow cannot read it,
     MediaSizeError when the header claims more pixels than the decode limit."""
     import warnings
@@ -103,7 +103,7 @@ def load_image(source: ImageLike, *, max_pixels: int | None = None) -> "PIL.Imag
         image = source
         name = "<PIL image>"
     elif isinstance(source, (str, os.PathLike)):
-        name, image = _open(source, max_pixels)
+        name, image = _open_image(source, max_pixels)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError, struct.error) as e:  # Pillow raises OSError for truncated data
@@ -127,7 +127,7 @@ def image_size(source: ImageLike) -> tuple[int, int]:
     if isinstance(source, Image.Image):
         image, name = source, None
     elif isinstance(source, (str, os.PathLike)):
-        name, image = _open(source)
+        name, image = _open_image(source)
     else:
         raise TypeError(f"expected a path, PIL.Image or array, got {type(source).__name__}")
     width, height = image.size

@@ -11,9 +11,10 @@ Output (`VisualInputs`), the layout of spec A and of transformers' VideoLLaMA3 p
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
@@ -24,7 +25,8 @@ from .config import ProcessingConfig, resolve_config
 from .errors import TokenBudgetError
 from .image import ImageLike, load_image
 from .resize import ItemPlan, ItemShape, plan_sizes, resize_frames
-from .video import DEFAULT_TIMEOUT_S, Video, load_video, probe_video, sample_frame_indices
+from .sampling import sample_with_config
+from .video import DEFAULT_TIMEOUT_S, Video, VideoFile, _check_decode_settings, decode_frames
 
 VideoLike = Union[str, os.PathLike, Video, np.ndarray, torch.Tensor]
 
@@ -168,47 +170,49 @@ def preprocess_videos(
         videos = [videos]
     if not videos:
         raise ValueError("no videos given")
-    shapes, names, sources, indices, rates = [], [], [], [], []
-    for i, v in enumerate(videos):
-        if isinstance(v, (str, os.PathLike)):
-            info = probe_video(v, timeout=timeout)
-            idx = sample_frame_indices(info.total_frames, info.fps, fps=config.sampling_fps, num_frames=config.num_frames,
-                                       min_frames=config.min_frames, max_frames=config.max_frames)
-            shapes.append(ItemShape(info.height, info.width, len(idx)))
-            sources.append(("path", os.fspath(v), idx, info))
-            names.append(os.path.basename(os.fspath(v)))
-            indices.append(np.asarray(idx, dtype=np.int64))
-            rates.append(info.fps)
-        elif isinstance(v, Video):
-            v.check_full_size()
-            shapes.append(ItemShape(v.frames.shape[1], v.frames.shape[2], v.frames.shape[0]))
-            sources.append(("frames", _frames_to_tensor(v.frames), list(v.timestamps), None))
-            names.append(os.path.basename(v.info.path))
-            indices.append(np.asarray(v.indices, dtype=np.int64))
-            rates.append(v.info.fps)
-        else:
-            x = _frames_to_tensor(v)
-            stamps = [k / video_fps for k in range(x.shape[0])] if video_fps else None
-            shapes.append(ItemShape(int(x.shape[2]), int(x.shape[3]), int(x.shape[0])))
-            sources.append(("frames", x, stamps, None))
-            names.append(f"video {i}")
-            indices.append(None)
-            rates.append(video_fps)
-    shapes = [dataclasses.replace(sh, name=n) for sh, n in zip(shapes, names)]
-    plans = plan_sizes(shapes, config)
-    _check_budget(plans, names, max_visual_tokens)
-    pixel_values, timestamps = [], []
-    for (kind, src, extra, info), plan in zip(sources, plans):
-        size = (plan.resized_height, plan.resized_width)
-        if kind == "path":
-            video = load_video(src, indices=extra, threads=threads, timeout=timeout, progress=progress,
-                               resize_to=size)
-            resized = torch.from_numpy(video.frames).permute(0, 3, 1, 2)
-            timestamps.append(video.timestamps)
-        else:
-            resized = resize_frames(src, *size)
-            timestamps.append(extra)
-        pixel_values.append(normalize_patchify(resized, plan.merge_size, config))
+    _check_decode_settings(threads, timeout)
+    with contextlib.ExitStack() as files:  # each file is opened once: probed, sampled, then decoded
+        shapes, names, sources, indices, rates = [], [], [], [], []
+        for i, v in enumerate(videos):
+            if isinstance(v, (str, os.PathLike)):
+                video = files.enter_context(VideoFile(v, timeout=timeout))
+                idx = sample_with_config(video.info.total_frames, video.info.fps, config)
+                shapes.append(ItemShape(video.info.height, video.info.width, len(idx)))
+                sources.append(("path", video, idx))
+                names.append(os.path.basename(os.fspath(v)))
+                indices.append(np.asarray(idx, dtype=np.int64))
+                rates.append(video.info.fps)
+            elif isinstance(v, Video):
+                v.check_full_size()
+                shapes.append(ItemShape(v.frames.shape[1], v.frames.shape[2], v.frames.shape[0]))
+                sources.append(("frames", _frames_to_tensor(v.frames), list(v.timestamps)))
+                names.append(os.path.basename(v.info.path))
+                indices.append(np.asarray(v.indices, dtype=np.int64))
+                rates.append(v.info.fps)
+            else:
+                x = _frames_to_tensor(v)
+                stamps = [k / video_fps for k in range(x.shape[0])] if video_fps else None
+                shapes.append(ItemShape(int(x.shape[2]), int(x.shape[3]), int(x.shape[0])))
+                sources.append(("frames", x, stamps))
+                names.append(f"video {i}")
+                indices.append(None)
+                rates.append(video_fps)
+        shapes = [dataclasses.replace(sh, name=n) for sh, n in zip(shapes, names)]
+        plans = plan_sizes(shapes, config)
+        _check_budget(plans, names, max_visual_tokens)
+        pixel_values, timestamps = [], []
+        for (kind, src, extra), plan in zip(sources, plans):
+            size = (plan.resized_height, plan.resized_width)
+            if kind == "path":
+                deadline = None if timeout is None else time.monotonic() + timeout
+                decoded = decode_frames(src, extra, threads=threads, deadline=deadline, progress=progress,
+                                        resize_to=size)
+                resized = torch.from_numpy(decoded.frames).permute(0, 3, 1, 2)
+                timestamps.append(decoded.timestamps)
+            else:
+                resized = resize_frames(src, *size)
+                timestamps.append(extra)
+            pixel_values.append(normalize_patchify(resized, plan.merge_size, config))
     return VisualInputs(
         pixel_values=torch.cat(pixel_values) if len(pixel_values) > 1 else pixel_values[0],
         grid_thw=torch.tensor([pl.grid_thw for pl in plans], dtype=torch.int64),

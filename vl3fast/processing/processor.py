@@ -36,24 +36,13 @@ from .chat_template import DEFAULT_CHAT_TEMPLATE
 from .config import ProcessingConfig, resolve_config
 from .preprocess import VisualInputs, preprocess_images, preprocess_videos
 from .processor_files import read_processor_files
-from .video import DEFAULT_TIMEOUT_S, Video, sample_frame_indices
+from .prompt import given_stamps, sampled_stamps, video_expansion
+from .sampling import sample_with_config
+from .tokens import estimate_tokens as estimate_media_tokens
+from .video import DEFAULT_TIMEOUT_S, Video
 
 TOKENIZER_KWARGS = ("padding", "truncation", "max_length", "padding_side", "add_special_tokens",
                     "return_attention_mask", "pad_to_multiple_of")
-
-
-def sampled_stamps(indices, fps: float) -> list[str]:
-    """`t.t` labels of frames transformers sampled itself: its `sample_frames` returns int32 tensors, so
-    `VideoMetadata.timestamps` are float32 (`index / fps`), formatted with `{:.1f}`. Computing them the
-    same way keeps the rare float32-vs-float64 rounding differences at .x5 identical."""
-    stamps = torch.as_tensor(np.asarray(indices)).to(torch.int32) / fps
-    return [f"{t:.1f}" for t in stamps]
-
-
-def given_stamps(frames_indices, fps: float) -> list[str]:
-    """Labels of frames passed as arrays: transformers divides whatever `frames_indices` holds
-    (by default python ints) by fps, with python / numpy semantics."""
-    return [f"{idx / fps:.1f}" for idx in frames_indices]
 
 
 def _flatten(items, is_item) -> list:
@@ -233,9 +222,7 @@ class VideoLLaMA3Processor:
                 if fps is None and config.num_frames is None:
                     raise ValueError(f"videos[{i}]: sampling frames by fps needs video_metadata with the video's fps "
                                      "(or pass num_frames)")
-                picks = sample_frame_indices(int(frames.shape[0]), fps, fps=config.sampling_fps,
-                                             num_frames=config.num_frames, min_frames=config.min_frames,
-                                             max_frames=config.max_frames)
+                picks = sample_with_config(int(frames.shape[0]), fps, config)
                 frames = frames[torch.as_tensor(picks) if isinstance(frames, torch.Tensor) else picks]
                 labelers.append(lambda vis, k, p=picks, f=fps or 1: sampled_stamps(p, f))
             else:
@@ -257,7 +244,7 @@ class VideoLLaMA3Processor:
             labels = labelers[k](vis, k)
             if len(labels) != t:
                 raise ValueError(f"video {k}: {len(labels)} timestamps for {t} frames")
-            out.append(",".join(f"Time {s}s:" + self.video_token * c for s, c in zip(labels, kept)))
+            out.append(video_expansion(labels, kept, self.video_token))
         return out
 
     def expand_placeholders(self, texts: list[str], image_reps: list[str], video_reps: list[str]) -> list[str]:
@@ -353,10 +340,9 @@ class VideoLLaMA3Processor:
         import dataclasses
 
         from .errors import TokenBudgetError
-        from .tokens import estimate_tokens
 
         config = self._settings(settings, config)
-        est = estimate_tokens(images=images, videos=videos, config=config, max_visual_tokens=max_visual_tokens,
+        est = estimate_media_tokens(images=images, videos=videos, config=config, max_visual_tokens=max_visual_tokens,
                               timeout=timeout)
         image_reps, video_reps = [], []
         for it in est.items:
@@ -367,7 +353,7 @@ class VideoLLaMA3Processor:
                 labels = sampled_stamps(it.frame_indices, it.video_fps)
             else:
                 labels = given_stamps(range(it.num_frames), 1)
-            video_reps.append(",".join(f"Time {s}s:" + self.video_token * it.tokens_per_frame for s in labels))
+            video_reps.append(video_expansion(labels, [it.tokens_per_frame] * len(labels), self.video_token))
         if text is None:
             blocks = [{"type": it.kind} for it in est.items] + [{"type": "text", "text": ""}]
             text = self.apply_chat_template([{"role": "user", "content": blocks}], add_generation_prompt=True)

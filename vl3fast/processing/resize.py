@@ -176,3 +176,36 @@ def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor
     y = F.interpolate(x.to(torch.float32), size=[height, width], mode="bicubic", align_corners=False,
                       antialias=True)
     return y.clamp_(0, 255).round_().to(torch.uint8)
+
+
+def max_item_tokens(config: ProcessingConfig, num_frames: int | None = None) -> int:
+    """An upper bound on the tokens (after merging, before pruning) `plan_sizes` gives one image
+    (`num_frames=None`) or one video of `num_frames` frames, over every source size with an aspect
+    ratio up to MAX_ASPECT_RATIO. Sizing a cache from it never under-counts (serving reserves it per item).
+
+    In units of one merged token (`(patch_size * merge_size)**2` pixels) let A be the per-frame maximum
+    and B the minimum area. Scaling down gives at most A, or, with one side clamped to a single block,
+    at most sqrt(A * ratio); scaling up (ceil of both sides) at most B + sqrt(B * ratio) + sqrt(B / ratio) + 1.
+    """
+    video = num_frames is not None
+    if video and num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    frames = num_frames if video else 1
+    m = config.video_merge_size if video else config.image_merge_size
+    block = (config.patch_size * m) ** 2
+    if config.resize_rule == "hf":
+        lo = config.video_min_pixels if video else config.image_min_pixels
+        hi = (config.video_max_pixels // frames) if video else config.image_max_pixels
+    else:  # official: the budget of one item planned alone
+        lo, hi = config.min_tokens * block, config.max_tokens * block // frames
+    a, b, r = hi / block, lo / block, MAX_ASPECT_RATIO
+    per_frame = max(a, math.sqrt(a * r), 1.0)
+    if b > 0:
+        per_frame = max(per_frame, b + math.sqrt(b * r) + math.sqrt(b / r) + 1)
+    return frames * math.floor(per_frame)
+
+
+def max_video_tokens(config: ProcessingConfig) -> int:
+    """`max_item_tokens` over every frame count sampling can give a video under `config`."""
+    counts = [config.num_frames] if config.num_frames is not None else range(1, config.max_frames + 1)
+    return max(max_item_tokens(config, t) for t in counts)

@@ -5,11 +5,10 @@ runs the same sampling (`sample_frame_indices`) and size planning (`plan_sizes`)
 so the counts equal `preprocess_*(...).num_tokens` by construction (tests check it).
 
 The counts are before DiffFP frame pruning (`use_token_compression`), which depends on pixel content:
-they are the upper bound that decides memory. With a processor (`VideoLLaMA3Processor` or a checkpoint
-directory) the text tokens are counted too: the prompt is expanded exactly as the processor expands it
-(`Time t.ts:` labels, every placeholder) and tokenized, so `total_tokens` equals the processor's
-`input_ids` length with compression off; with compression on the processor writes
-`total_tokens - (pruned tokens)` (the text around the placeholders is the same: every frame keeps >= 1).
+they are the upper bound that decides memory.  This module is about media only; the text tokens of a
+prompt are counted by `VideoLLaMA3Processor.estimate_tokens`, which calls `estimate_tokens` here and
+expands the prompt exactly as the processor does, so its `total_tokens` equals the processor's
+`input_ids` length with compression off (with compression on: `total_tokens - (pruned tokens)`).
 """
 from __future__ import annotations
 
@@ -21,7 +20,8 @@ from .config import ProcessingConfig, resolve_config
 from .errors import TokenBudgetError
 from .image import image_size
 from .resize import ItemShape, plan_sizes
-from .video import DEFAULT_TIMEOUT_S, Video, VideoInfo, probe_video, sample_frame_indices
+from .sampling import sample_with_config
+from .video import DEFAULT_TIMEOUT_S, Video, VideoInfo, probe_video
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,6 @@ def estimate_tokens(
     *,
     max_visual_tokens: int | None = None,
     timeout: float | None = DEFAULT_TIMEOUT_S,
-    processor=None,
-    text=None,
-    max_total_tokens: int | None = None,
     **overrides,
 ) -> TokenEstimate:
     """Visual tokens the given media become under `config` (plus keyword overrides such as
@@ -118,26 +115,11 @@ def estimate_tokens(
     videos: paths, `VideoInfo`s (from `probe_video`), `Video`s, uint8 [T, H, W, 3] arrays or
         (num_frames, height, width) tuples (arrays and tuples: frames used as given, no sampling).
     max_visual_tokens: raise TokenBudgetError (with a per-item breakdown) when the total exceeds it.
-    processor: a `VideoLLaMA3Processor` or a checkpoint directory; then `text_tokens` and
-        `total_tokens` are filled in, for `text` (a prompt with one placeholder per item, or a list of
-        prompts) or, without it, the chat-template prompt of one user turn holding the media.
-        `config` defaults to the processor's settings.
-    max_total_tokens: raise TokenBudgetError when text + visual tokens exceed it (needs a processor).
+    Text tokens too: `VideoLLaMA3Processor.estimate_tokens(text=..., images=..., videos=...)`.
 
     Images and videos are planned as separate calls, as transformers' processor runs its image and
     video processors separately (this matters only for the official rule's shared budget).
     """
-    if processor is not None:
-        if isinstance(processor, (str, os.PathLike)):
-            from .processor import VideoLLaMA3Processor
-
-            processor = VideoLLaMA3Processor.from_pretrained(processor)
-        return processor.estimate_tokens(text=text, images=images, videos=videos, config=config,
-                                         max_visual_tokens=max_visual_tokens, max_total_tokens=max_total_tokens,
-                                         timeout=timeout, **overrides)
-    if text is not None or max_total_tokens is not None:
-        raise ValueError("counting text tokens (text=, max_total_tokens=) needs processor= (a VideoLLaMA3Processor "
-                         "or a checkpoint directory with a tokenizer)")
     config = resolve_config(config, overrides)
     items: list[ItemEstimate] = []
 
@@ -156,8 +138,7 @@ def estimate_tokens(
         for i, v in enumerate(video_list):
             if isinstance(v, (str, os.PathLike, VideoInfo)):
                 info = v if isinstance(v, VideoInfo) else probe_video(v, timeout=timeout)
-                idx = sample_frame_indices(info.total_frames, info.fps, fps=config.sampling_fps, num_frames=config.num_frames,
-                                           min_frames=config.min_frames, max_frames=config.max_frames)
+                idx = sample_with_config(info.total_frames, info.fps, config)
                 shapes.append(ItemShape(info.height, info.width, len(idx), name=repr(info.path)))
                 extras.append((os.path.basename(info.path), tuple(int(k) for k in idx),
                                tuple(float(k) / info.fps for k in idx)))

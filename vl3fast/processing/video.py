@@ -26,6 +26,7 @@ from .errors import (
     UnsupportedCodecError,
 )
 from .image import _check_file
+from .sampling import DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRAMES, sample_frame_indices
 
 DEFAULT_TIMEOUT_S = 120.0
 PROGRESS_MIN_FRAMES = 64  # progress=None shows a bar (on a terminal) from this many sampled frames on
@@ -90,49 +91,6 @@ class Video:
 
 
 # ----------------------------------------------------------------------------------------------
-# Frame sampling (transformers' VideoLlama3VideoProcessor.sample_frames, temporal_patch_size = 1)
-# ----------------------------------------------------------------------------------------------
-
-def sample_frame_indices(
-    total_frames: int,
-    video_fps: float | None,
-    *,
-    fps: float | None = 1.0,
-    num_frames: int | None = None,
-    min_frames: int = 4,
-    max_frames: int = 180,
-) -> np.ndarray:
-    """The frame numbers transformers' VideoLLaMA3 video processor samples (int64 array).
-
-    With `num_frames`: that many frames, evenly spaced. With `fps`: `total / video_fps * fps` frames,
-    clamped to [min_frames, max_frames] and to `total_frames`, rounded down. Neither: every frame.
-    Indices are `arange(0, total, total / n)` truncated to int, computed with torch in float32 as
-    transformers does, so the exact same frames are picked (including its rounding quirks).
-    """
-    if total_frames < 1:
-        raise EmptyVideoError(f"cannot sample frames from a video with {total_frames} frames")
-    if fps is not None and num_frames is not None:
-        raise ValueError("fps and num_frames are mutually exclusive; pass one of them (or neither for all frames)")
-    if num_frames is not None:
-        n = num_frames
-    elif fps is not None:
-        if not video_fps:
-            raise ValueError("sampling by fps needs the video's frame rate; pass num_frames instead")
-        n = total_frames / video_fps * fps
-        n = min(max(n, min_frames), min(max_frames, total_frames), total_frames)
-        n = int(np.floor(n))
-    else:
-        return np.arange(total_frames, dtype=np.int64)
-    if n < 1:
-        raise ValueError(f"frame sampling selected {n} frames (num_frames/max_frames must be >= 1)")
-    if n > total_frames:
-        raise ValueError(
-            f"cannot sample num_frames={n} frames from a video of {total_frames} frames; lower num_frames or fps"
-        )
-    return torch.arange(0, total_frames, total_frames / n).int().numpy().astype(np.int64)
-
-
-# ----------------------------------------------------------------------------------------------
 # Opening and probing
 # ----------------------------------------------------------------------------------------------
 
@@ -145,7 +103,7 @@ def _looks_like_container(path: str) -> bool:
     return any(head[off:off + len(magic)] == magic for off, magic in _CONTAINER_MAGIC)
 
 
-def _open(path: str, timeout: float | None):
+def _open_container(path: str, timeout: float | None):
     import av
 
     path = _check_file(path)
@@ -210,24 +168,27 @@ def _video_stream(container, path: str):
     return stream
 
 
-def _packet_index(path: str, timeout: float | None) -> tuple[list[int], list[int]]:
+def _packet_index(video: "VideoFile") -> tuple[list[int], list[int]]:
     """(pts of every frame in presentation order, presentation positions of the keyframes), read by
-    demuxing only, in a container of its own so the decoding one stays at its start. Empty when
-    frames lack a pts or the demuxer fails: the caller then decodes sequentially (always correct)."""
+    demuxing only; the file is rewound to its start afterwards. Empty when frames lack a pts or the
+    demuxer fails: the caller then decodes sequentially (always correct)."""
     import av
 
     pts, key_pts = [], []
     try:
-        with av.open(path, mode="r", timeout=timeout) as container:
-            for packet in container.demux(container.streams.video[0]):
-                if packet.size == 0:
-                    continue  # the flush packet at the end
-                if packet.pts is None:
-                    return [], []
-                pts.append(packet.pts)
-                if packet.is_keyframe:
-                    key_pts.append(packet.pts)
+        for packet in video.container.demux(video.container.streams.video[0]):
+            if packet.size == 0:
+                continue  # the flush packet at the end
+            if packet.pts is None:
+                pts = None
+                break
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                key_pts.append(packet.pts)
     except av.error.FFmpegError:
+        pts = None
+    video.rewind()
+    if pts is None:
         return [], []
     pts.sort()
     if len(set(pts)) != len(pts):
@@ -236,11 +197,11 @@ def _packet_index(path: str, timeout: float | None) -> tuple[list[int], list[int
     return pts, sorted(position[p] for p in key_pts)
 
 
-def _count_packets(path: str, timeout: float | None) -> int:
-    import av
-
-    with av.open(path, mode="r", timeout=timeout) as container:
-        return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+def _count_packets(video: "VideoFile") -> int:
+    n = sum(1 for p in video.container.demux(video.container.streams.video[0]) if p.size)
+    if n:
+        video.rewind()
+    return n
 
 
 def probe_video(path: str | os.PathLike, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> VideoInfo:
@@ -249,16 +210,16 @@ def probe_video(path: str | os.PathLike, *, timeout: float | None = DEFAULT_TIME
     Raises MediaNotFoundError, NotMediaError, CorruptMediaError, EmptyVideoError (no video stream or
     no frames) and UnsupportedCodecError.
     """
-    path = _check_file(path)
-    with _open(path, timeout) as container:
-        return _probe(container, path, timeout)
+    with VideoFile(path, timeout=timeout) as video:
+        return video.info
 
 
-def _probe(container, path: str, timeout: float | None) -> VideoInfo:
-    stream = _video_stream(container, path)
+def _probe(video: "VideoFile") -> VideoInfo:
+    path = video.path
+    stream = _video_stream(video.container, path)
     total = int(stream.frames or 0)
     if total == 0:  # no count in the header (e.g. some Matroska/WebM): count packets
-        total = _count_packets(path, timeout)
+        total = _count_packets(video)
     if total == 0:
         raise EmptyVideoError(f"{path!r}: its video stream has no frames")
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -354,8 +315,12 @@ def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, sto
             bar.update(1)
 
 
-def _decode_with_fallback(container, stream, info, indices, store, cancel, deadline, bar, seek, timeout):
-    index = _packet_index(info.path, timeout) if seek else ([], [])
+def _decode_with_fallback(video: "VideoFile", threads, indices, store, cancel, deadline, bar, seek):
+    index = _packet_index(video) if seek else ([], [])
+    container, info = video.container, video.info
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+    stream.thread_count = threads
     try:
         _decode_sampled(container, stream, info, indices, store, cancel, deadline, bar, index)
     except _IndexMismatch:  # the packet index does not describe the decoded frames: count instead
@@ -366,13 +331,51 @@ def _decode_with_fallback(container, stream, info, indices, store, cancel, deadl
         _decode_sampled(container, stream, info, indices, store, cancel, deadline, bar, ([], []))
 
 
+class VideoFile:
+    """One opened video file: its container and header (`VideoInfo`), probed once.  Sampling, budget
+    checks and decoding all use this one container, so a file is opened once per call.  Use as a context
+    manager (or call `close`)."""
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float | None = DEFAULT_TIMEOUT_S):
+        path = _check_file(path)
+        self.path, self.timeout = path, timeout
+        self.container = _open_container(path, timeout)
+        self.abandoned = False  # a timed-out decode still runs and closes the container itself
+        try:
+            self.info = _probe(self)
+        except BaseException:
+            self.container.close()
+            raise
+
+    def rewind(self) -> None:
+        """Back to the start after a demux-only pass, so decoding starts at frame 0 as from a fresh open
+        (reopened when the container cannot seek)."""
+        import av
+
+        try:
+            self.container.seek(0)
+        except av.error.FFmpegError:
+            self.container.close()
+            self.container = _open_container(self.path, self.timeout)
+
+    def close(self) -> None:
+        if not self.abandoned:
+            self.container.close()
+
+    def __enter__(self) -> "VideoFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def load_video(
     path: str | os.PathLike,
     *,
-    fps: float | None = 1.0,
+    fps: float | None = DEFAULT_FPS,
     num_frames: int | None = None,
-    min_frames: int = 4,
-    max_frames: int = 180,
+    min_frames: int = DEFAULT_MIN_FRAMES,
+    max_frames: int = DEFAULT_MAX_FRAMES,
     indices: np.ndarray | list[int] | None = None,
     threads: int = 0,
     timeout: float | None = DEFAULT_TIMEOUT_S,
@@ -385,7 +388,7 @@ def load_video(
     Sampling (unless `indices` is given) is `sample_frame_indices(total, video_fps, fps=..., ...)`
     (`num_frames`, when given, takes precedence over `fps`),
     i.e. what transformers' VideoLLaMA3 video processor picks: by default 1 frame per second, at
-    least 4 and at most 180 frames, evenly spread over the whole video.
+    least 4 and at most 180 frames, evenly spread over the whole video (`sampling.DEFAULT_*`).
 
     threads: FFmpeg decoding threads (0 = FFmpeg's choice; 1 = single-threaded).
     timeout: seconds for the whole decode; past it a DecodeTimeoutError is raised (a damaged file
@@ -402,91 +405,124 @@ def load_video(
     `vl3fast.processing.errors` exceptions: MediaNotFoundError, NotMediaError, CorruptMediaError,
     EmptyVideoError, UnsupportedCodecError, DecodeTimeoutError.
     """
-    import av
-
     path = _check_file(path)
+    _check_decode_settings(threads, timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with VideoFile(path, timeout=timeout) as video:
+        if indices is None:
+            idx = sample_frame_indices(video.info.total_frames, video.info.fps, fps=None if num_frames else fps,
+                                       num_frames=num_frames, min_frames=min_frames, max_frames=max_frames)
+        else:
+            idx = _checked_indices(indices, video.info)
+        return decode_frames(video, idx, threads=threads, deadline=deadline, progress=progress, seek=seek,
+                             resize_to=resize_to)
+
+
+def _check_decode_settings(threads, timeout) -> None:
     if not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads must be an int >= 0, got {threads!r}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
-    start = time.monotonic()
-    deadline = None if timeout is None else start + timeout
-    container = _open(path, timeout)
+
+
+def _checked_indices(indices, info: VideoInfo) -> np.ndarray:
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size == 0 or (np.diff(idx) <= 0).any() or idx[0] < 0 or idx[-1] >= info.total_frames:
+        raise ValueError(f"indices must be increasing frame numbers in [0, {info.total_frames}), got {idx.tolist()}")
+    return idx
+
+
+def decode_frames(video: VideoFile, idx: np.ndarray, *, threads: int = 0, deadline: float | None = None,
+                  progress: bool | None = None, seek: bool = True, resize_to: tuple[int, int] | None = None) -> Video:
+    """The frames `idx` (increasing) of an opened `VideoFile`, decoded by a worker thread that must finish
+    by `deadline` (time.monotonic() seconds; None: no limit).  See `load_video` for the other settings."""
+    out, store = _frame_store(len(idx), video.info, resize_to)
+    bar = _progress_bar(progress, len(idx), video.path)
+    cancel = threading.Event()
     try:
-        info = _probe(container, path, timeout)
-        if indices is None:
-            idx = sample_frame_indices(info.total_frames, info.fps, fps=None if num_frames else fps,
-                                       num_frames=num_frames, min_frames=min_frames, max_frames=max_frames)
-        else:
-            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-            if idx.size == 0 or (np.diff(idx) <= 0).any() or idx[0] < 0 or idx[-1] >= info.total_frames:
-                raise ValueError(
-                    f"indices must be increasing frame numbers in [0, {info.total_frames}), got {idx.tolist()}"
-                )
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
-        stream.thread_count = threads
-        if resize_to is None:
-            out = np.empty((len(idx), info.height, info.width, 3), dtype=np.uint8)
-
-            def store(k, frame):
-                out[k] = frame.to_ndarray(format="rgb24")
-        else:
-            from .resize import resize_frames
-
-            rh, rw = (int(v) for v in resize_to)
-            out = np.empty((len(idx), rh, rw, 3), dtype=np.uint8)
-            out_nchw = torch.from_numpy(out).permute(0, 3, 1, 2)
-
-            def store(k, frame):
-                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
-                out_nchw[k:k + 1].copy_(resize_frames(rgb, rh, rw))
-        show = progress if progress is not None else (len(idx) >= PROGRESS_MIN_FRAMES and sys.stderr.isatty())
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(idx), unit="frame", desc=f"decoding {os.path.basename(path)}", leave=False)
-        cancel = threading.Event()
-        state = {"finished": False, "abandoned": False, "error": None}
-        lock = threading.Lock()
-
-        def work():
-            try:
-                _decode_with_fallback(container, stream, info, idx, store, cancel, deadline, bar, seek, timeout)
-            except BaseException as e:  # handed to the caller's thread
-                state["error"] = e
-            finally:
-                with lock:
-                    state["finished"] = True
-                    if state["abandoned"]:  # the caller timed out and left the container to us
-                        container.close()
-
-        # Decoding runs in a worker thread so that a decoder stuck inside FFmpeg still lets the
-        # caller fail at the deadline; the worker also stops by itself at the next frame past it.
-        worker = threading.Thread(target=work, name="vl3fast-decode", daemon=True)
-        worker.start()
-        worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        error = _run_with_deadline(
+            lambda: _decode_with_fallback(video, threads, idx, store, cancel, deadline, bar, seek),
+            deadline, cancel, on_abandoned=video)
+    finally:
         if bar is not None:
             bar.close()
-        with lock:
-            if not state["finished"]:
-                state["abandoned"] = True
-                cancel.set()
-        error = state["error"]
-        if state["abandoned"] or isinstance(error, (_Cancelled, av.error.ExitError)):
-            raise DecodeTimeoutError(
-                f"{path!r}: decoding {len(idx)} sampled frames did not finish within timeout={timeout} s"
-            )
-        if isinstance(error, MediaError):
-            raise error
-        if isinstance(error, av.error.DecoderNotFoundError):
-            raise UnsupportedCodecError(f"{path!r}: no decoder for its video codec: {error}") from error
-        if isinstance(error, av.error.FFmpegError):
-            raise CorruptMediaError(f"{path!r}: decoding failed (corrupt data?): {error}") from error
-        if error is not None:
-            raise error
-    finally:
-        if not (locals().get("state") or {}).get("abandoned"):
-            container.close()
-    return Video(frames=out, indices=idx, info=info)
+    _raise_decode_error(error, video, len(idx))
+    return Video(frames=out, indices=idx, info=video.info)
+
+
+def _frame_store(n: int, info: VideoInfo, resize_to):
+    """The uint8 [n, H, W, 3] output array and `store(k, frame)`, which writes decoded frame k into it
+    (resized to `resize_to` as soon as it is decoded, when given)."""
+    if resize_to is None:
+        out = np.empty((n, info.height, info.width, 3), dtype=np.uint8)
+
+        def store(k, frame):
+            out[k] = frame.to_ndarray(format="rgb24")
+        return out, store
+    from .resize import resize_frames
+
+    rh, rw = (int(v) for v in resize_to)
+    out = np.empty((n, rh, rw, 3), dtype=np.uint8)
+    out_nchw = torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    def store(k, frame):
+        rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
+        out_nchw[k:k + 1].copy_(resize_frames(rgb, rh, rw))
+    return out, store
+
+
+def _progress_bar(progress: bool | None, n: int, path: str):
+    show = progress if progress is not None else (n >= PROGRESS_MIN_FRAMES and sys.stderr.isatty())
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n, unit="frame", desc=f"decoding {os.path.basename(path)}", leave=False)
+
+
+def _run_with_deadline(work, deadline: float | None, cancel: threading.Event, on_abandoned: VideoFile):
+    """Runs `work()` in a worker thread, so that a decoder stuck inside FFmpeg still lets the caller fail
+    at the deadline (the worker also stops by itself at the next frame past it, `cancel`).  Returns the
+    exception the worker raised (None on success); on a timeout the worker is left running, marked
+    `_Cancelled`, and closes the file itself when it ends (`on_abandoned.abandoned`)."""
+    state = {"finished": False, "error": None}
+    lock = threading.Lock()
+
+    def run():
+        try:
+            work()
+        except BaseException as e:  # handed to the caller's thread
+            state["error"] = e
+        finally:
+            with lock:
+                state["finished"] = True
+                if on_abandoned.abandoned:  # the caller timed out and left the container to us
+                    on_abandoned.container.close()
+
+    worker = threading.Thread(target=run, name="vl3fast-decode", daemon=True)
+    worker.start()
+    worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    with lock:
+        if not state["finished"]:
+            on_abandoned.abandoned = True
+            cancel.set()
+            return _Cancelled()
+    return state["error"]
+
+
+def _raise_decode_error(error, video: VideoFile, n: int) -> None:
+    """The `vl3fast.processing.errors` exception for what the decoding worker raised (None: nothing)."""
+    import av
+
+    if error is None:
+        return
+    path = video.path
+    if isinstance(error, (_Cancelled, av.error.ExitError)):
+        raise DecodeTimeoutError(f"{path!r}: decoding {n} sampled frames did not finish within timeout={video.timeout} s")
+    if isinstance(error, MediaError):
+        raise error
+    if isinstance(error, av.error.DecoderNotFoundError):
+        raise UnsupportedCodecError(f"{path!r}: no decoder for its video codec: {error}") from error
+    if isinstance(error, av.error.FFmpegError):
+        raise CorruptMediaError(f"{path!r}: decoding failed (corrupt data?): {error}") from error
+    raise error

@@ -35,12 +35,17 @@
 //   q tile once per key block, so its pre-pass writes rotated q too.  Measuring the in-kernel K variant
 //   is left to the GPU session.
 // - No host sync: a one-CTA scan kernel turns cu_seqlens into block_start[S + 1] (work items before each
-//   segment); the grid is an upper bound from T and S (and max_seqlen when given); each CTA binary-searches
-//   block_start for its (segment, block) and exits when past the end.
+//   segment) and checks cu_seqlens and the max_seqlen hint on the device (status flags below).  The grid
+//   is sized from T and S (and max_seqlen when given), but each forward CTA loops over work items
+//   blockIdx.x, blockIdx.x + gridDim.x, ... up to the device-derived count block_start[S] (binary search for
+//   its (segment, block)), so results never depend on the hint: a hint below the longest segment only costs
+//   speed.  The backward never uses the hint for its grid (one work item per CTA of the T/S bound).  A malformed cu_seqlens makes every output NaN (defined, never uninitialised memory).
+//   VL3FAST_CUDA_DEBUG=1 (csrc/cuda/check.cuh) turns both into a ValueError naming the argument.
 #pragma once
 #include <cstdint>
 
 #include "vl3fast/host_device.h"
+#include "vl3fast/table_search.h"
 
 // The supported CUDA matrix, declared once: instantiation (attention_*.cu), dispatch (the switch in
 // attention_tc_dispatch with its erroring default), and the Python-side list (core.attention_cuda_configs,
@@ -82,6 +87,25 @@ VL3FAST_HD Segment segment_bounds(const int32_t* cu_seqlens, int64_t s, int64_t 
 
 VL3FAST_HD int64_t blocks_of(int64_t length, int block) { return (length + block - 1) / block; }
 
+// Device-side input checks (the scan kernel ORs these into the workspace's status word; no host sync).
+constexpr int32_t kStatusBadCuSeqlens = 1;       // not 0-first, non-decreasing, last == T
+constexpr int32_t kStatusMaxSeqlenTooSmall = 2;  // a segment is longer than the max_seqlen hint
+
+// Status bits of segment s (0 <= s < S) of cu_seqlens [S + 1] for T tokens and the hint (< 0: none).
+VL3FAST_HD int32_t segment_status(const int32_t* cu_seqlens, int64_t s, int64_t num_segments, int64_t num_tokens,
+                                  int64_t max_seqlen) {
+  const int64_t b = cu_seqlens[s], e = cu_seqlens[s + 1];
+  int32_t status = 0;
+  if ((s == 0 && b != 0) || e < b || e > num_tokens || (s == num_segments - 1 && e != num_tokens))
+    status |= kStatusBadCuSeqlens;
+  if (max_seqlen >= 0 && e - b > max_seqlen) status |= kStatusMaxSeqlenTooSmall;
+  return status;
+}
+// With no segment (cu_seqlens == [c]), only c == 0 and T == 0 is consistent.
+VL3FAST_HD int32_t no_segment_status(const int32_t* cu_seqlens, int64_t num_tokens) {
+  return cu_seqlens[0] != 0 || num_tokens != 0 ? kStatusBadCuSeqlens : 0;
+}
+
 // Grid size without reading cu_seqlens: sum_s ceil(L_s / B) <= (T + S (B - 1)) / B since sum L_s = T; with
 // max_seqlen (>= every L_s, or < 0 when unknown) also <= S ceil(max_seqlen / B).
 VL3FAST_HD int64_t work_items_upper_bound(int64_t num_tokens, int64_t num_segments, int block, int64_t max_seqlen) {
@@ -91,6 +115,12 @@ VL3FAST_HD int64_t work_items_upper_bound(int64_t num_tokens, int64_t num_segmen
     if (by_max < bound) bound = by_max;
   }
   return bound;
+}
+// The launched grid: the bound, but at least one CTA (the CTAs loop up to the device-derived count, so
+// even a hint of 0 gets every block computed).
+VL3FAST_HD int64_t launch_grid_x(int64_t num_tokens, int64_t num_segments, int block, int64_t max_seqlen) {
+  const int64_t bound = work_items_upper_bound(num_tokens, num_segments, block, max_seqlen);
+  return bound > 0 ? bound : 1;
 }
 
 // One step of the block-table scan: block_start[s + 1] = block_start[s] + blocks of segment s.  The
@@ -114,12 +144,7 @@ VL3FAST_HD WorkItem decode_work_item(const int32_t* block_start, const int32_t* 
                                      int64_t num_tokens, int block, int64_t w) {
   WorkItem it{-1, 0, 0, 0, 0, 0};
   if (num_segments <= 0 || w < 0 || w >= block_start[num_segments]) return it;
-  int64_t lo = 0, hi = num_segments - 1;  // invariant: block_start[lo] <= w < block_start[hi + 1]
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (block_start[mid] <= w) lo = mid;
-    else hi = mid - 1;
-  }
+  const int64_t lo = last_row_at_most(block_start, num_segments, 1, 0, w);
   const Segment seg = segment_bounds(cu_seqlens, lo, num_tokens);
   it.segment = lo;
   it.block = w - block_start[lo];
@@ -158,9 +183,98 @@ VL3FAST_HD int ldsm_bk_col(int lane) { return (lane / 16) * 8; }                
 VL3FAST_HD int ldsm_ak_row(int lane) { return lane % 8 + (lane / 16) * 8; }       // k
 VL3FAST_HD int ldsm_ak_col(int lane) { return ((lane / 8) % 2) * 8; }             // m
 
+// ---- the kernels' shared-memory address expressions -----------------------------------------------
+// Element offsets (16-bit elements) into a row-major shared tile of row stride `ld`, for the sub-tile whose
+// top-left element is (row0, col0).  The kernels compute every ldmatrix address and fragment store with
+// these (and nothing else), so the CPU warp emulator (tests/ops/test_attention_cuda_emulator.py, through
+// `_attn_tc_offsets`) executes the kernels' own expressions, base offsets included.
+VL3FAST_HD int ldsm_a_offset(int row0, int col0, int lane, int ld) {
+  return (row0 + ldsm_a_row(lane)) * ld + col0 + ldsm_a_col(lane);
+}
+VL3FAST_HD int ldsm_bn_offset(int row0, int col0, int lane, int ld) {
+  return (row0 + ldsm_bn_row(lane)) * ld + col0 + ldsm_bn_col(lane);
+}
+VL3FAST_HD int ldsm_bk_offset(int row0, int col0, int lane, int ld) {
+  return (row0 + ldsm_bk_row(lane)) * ld + col0 + ldsm_bk_col(lane);
+}
+// x2 (one n8 tile of a k-major B operand): lanes 0..15 supply the rows.
+VL3FAST_HD int ldsm_bk_x2_offset(int row0, int col0, int lane, int ld) {
+  return (row0 + ldsm_bk_row(lane % 16)) * ld + col0;
+}
+VL3FAST_HD int ldsm_ak_offset(int row0, int col0, int lane, int ld) {
+  return (row0 + ldsm_ak_row(lane)) * ld + col0 + ldsm_ak_col(lane);
+}
+// Destination of 16-byte chunk c of tile row r (cp.async loads).
+VL3FAST_HD int chunk_offset(int r, int c, int ld) { return r * ld + c * 8; }
+// Accumulator element i of `lane` in the 16 x 8 tile at (row0, col0) (epilogue stores, dS^T staging).
+VL3FAST_HD int frag_c_offset(int row0, int col0, int lane, int i, int ld) {
+  return (row0 + frag_c_row(lane, i)) * ld + col0 + frag_c_col(lane, i);
+}
+
+// Forward: shared carve-up (elements) and the base offsets of each ldmatrix.
+struct FwdSmem {
+  int k0, v0, q0;  // K buffers (2 x kBlockN rows), V buffers, the Q tile (aliases K buffer 1)
+  int k_buf, v_buf;  // elements per K / V buffer
+};
+VL3FAST_HD constexpr FwdSmem fwd_smem(int head_dim) {
+  const int sq = row_stride(qk_dim(head_dim)), sv = row_stride(head_dim);
+  return {0, 2 * kBlockN * sq, kBlockN * sq, kBlockN * sq, kBlockN * sv};
+}
+// Q fragment of warp `warp`, k-step kk (A, [query][channel]).
+VL3FAST_HD int fwd_q_frag(int warp, int kk, int lane, int sq) { return ldsm_a_offset(warp * 16, kk * 16, lane, sq); }
+// K fragments of n-tiles 2np, 2np+1, k-step kk (B, [key][channel]).
+VL3FAST_HD int fwd_k_frag(int np, int kk, int lane, int sq) { return ldsm_bn_offset(np * 16, kk * 16, lane, sq); }
+// V fragments of k-step kk (keys) and n-tiles 2np, 2np+1 (channels) (B, [key][channel], .trans).
+VL3FAST_HD int fwd_v_frag(int kk, int np, int lane, int sv) { return ldsm_bk_offset(kk * 16, np * 16, lane, sv); }
+// The odd last n-tile of P V (head dim 72: tile 8), x2.
+VL3FAST_HD int fwd_v_frag_last(int kk, int ntd, int lane, int sv) {
+  return ldsm_bk_x2_offset(kk * 16, (ntd - 1) * 8, lane, sv);
+}
+// Channels of rotation pair j of the Q tile: (j, j + D/2), or pad channels (D + 2(j - D/2), +1) past D/2.
+VL3FAST_HD int fwd_q_pair_channel(int j, int head_dim, int second) {
+  const int half = head_dim / 2;
+  return j < half ? j + second * half : head_dim + 2 * (j - half) + second;
+}
+// Output row of accumulator half r (0: rows g, 1: rows g + 8) of `warp`, and its first column in n-tile t.
+VL3FAST_HD int out_frag_row(int warp, int lane, int r) { return warp * 16 + frag_c_row(lane, 2 * r); }
+VL3FAST_HD int out_frag_col(int t, int lane) { return t * 8 + frag_c_col(lane, 0); }
+
+// Backward: shared carve-up (elements; lse and delta follow as fp32) and the base offsets.
+struct BwdSmem {
+  int k0, v0, q0, do0, ds0, stats_byte;  // stats_byte: byte offset of lse_s[BQ] then delta_s[BQ]
+};
+VL3FAST_HD constexpr BwdSmem bwd_smem(int head_dim) {
+  const int sq = row_stride(qk_dim(head_dim)), bq = bwd_block_q(head_dim), ss = row_stride(bq);
+  const int q0 = 2 * kBlockN * sq, do0 = q0 + bq * sq, ds0 = do0 + bq * sq;
+  return {0, kBlockN * sq, q0, do0, ds0, 2 * (ds0 + kBlockN * ss)};
+}
+// K and V as A operands (this warp's 16 keys, k-step kk over channels).
+VL3FAST_HD int bwd_kv_frag(int warp, int kk, int lane, int sq) { return ldsm_a_offset(warp * 16, kk * 16, lane, sq); }
+// Q and dO as B operands (n-tiles 2np, 2np+1 of queries, k-step kk).
+VL3FAST_HD int bwd_qdo_frag(int np, int kk, int lane, int sq) { return ldsm_bn_offset(np * 16, kk * 16, lane, sq); }
+// dV += P^T dO and dK += dS^T Q: B from dO / Q stored [query][channel], k-step kk (queries), n-tiles of
+// channels starting at col0 (0, or grp * NTG * 8 for dQ's K operand).
+VL3FAST_HD int bwd_rows_frag(int kk, int col0, int np, int lane, int ld) {
+  return ldsm_bk_offset(kk * 16, col0 + np * 16, lane, ld);
+}
+VL3FAST_HD int bwd_rows_frag_last(int kk, int col0, int nt, int lane, int ld) {
+  return ldsm_bk_x2_offset(kk * 16, col0 + (nt - 1) * 8, lane, ld);
+}
+// dS^T staging [key][query]: accumulator element pair (i = 0: rows g, i = 2: rows g + 8) of query n-tile
+// 2kk + half of `warp`'s keys; stored as one 32-bit pair.
+VL3FAST_HD int bwd_ds_store(int warp, int kk, int half, int lane, int i, int ss) {
+  return frag_c_offset(warp * 16, (2 * kk + half) * 8, lane, i, ss);
+}
+// dQ's A operand: dS from the dS^T staging (.trans), k-step kk (keys), m-tile mt (queries).
+VL3FAST_HD int bwd_ds_frag(int kk, int mt, int lane, int ss) { return ldsm_ak_offset(kk * 16, mt * 16, lane, ss); }
+// dQ scatter: row (query in the tile) and column (channel) of accumulator element i of n-tile t of group grp.
+VL3FAST_HD int bwd_dq_row(int mt, int lane, int i) { return mt * 16 + frag_c_row(lane, i); }
+VL3FAST_HD int bwd_dq_col(int grp, int ntg, int t, int lane, int i) { return (grp * ntg + t) * 8 + frag_c_col(lane, i); }
+
 // ---- workspace ----------------------------------------------------------------------------------
 
 struct Workspace {
+  int64_t status = 0;       // int32 [1]: kStatus* bits of the device-side input checks
   int64_t block_start = 0;  // int32 [S + 1]: work items (64-row blocks) before each segment
   int64_t cos_sin = 0;      // float2 [T, D/2]: (cos, sin) of each token's pair angles
   int64_t k_rot = 0;        // bf16/fp16 [H, T, D_qk]: rotated k, pad channels zero
@@ -177,6 +291,8 @@ VL3FAST_HD Workspace workspace_layout(int64_t num_tokens, int64_t num_segments, 
   Workspace w;
   const int64_t th = num_tokens * num_heads;
   int64_t at = 0;
+  w.status = at;
+  at += align256(4);
   w.block_start = at;
   at += align256((num_segments + 1) * 4);
   w.cos_sin = at;
@@ -196,11 +312,11 @@ VL3FAST_HD Workspace workspace_layout(int64_t num_tokens, int64_t num_segments, 
 }
 
 // Dynamic shared memory of the two main kernels (bytes); the launchers opt in above 48 KiB.
-VL3FAST_HD int fwd_smem_bytes(int head_dim) {
+VL3FAST_HD constexpr int fwd_smem_bytes(int head_dim) {
   const int sq = row_stride(qk_dim(head_dim)), sv = row_stride(head_dim);
   return 2 * (2 * kBlockN * sq + 2 * kBlockN * sv);  // the Q tile aliases K buffer 1
 }
-VL3FAST_HD int bwd_smem_bytes(int head_dim) {
+VL3FAST_HD constexpr int bwd_smem_bytes(int head_dim) {
   const int sq = row_stride(qk_dim(head_dim)), bq = bwd_block_q(head_dim);
   return 2 * (2 * kBlockN * sq + 2 * bq * sq + kBlockN * row_stride(bq)) + 2 * bq * 4;
 }

@@ -21,7 +21,6 @@ struct TensorRef {
   int64_t strides[kMaxDims] = {0, 0, 0, 0};
   int32_t device_index = -1;  // -1: host memory; >= 0: CUDA device ordinal
 
-  bool on_cuda() const { return device_index >= 0; }
   int64_t numel() const {
     int64_t n = 1;
     for (int i = 0; i < ndim; ++i) n *= sizes[i];

@@ -280,7 +280,7 @@ class VideoLLaMA3ForCausalLM(nn.Module):
         with torch.no_grad():
             for key, tensor in checkpoint.iter_tensors(files):
                 name = names[key]
-                params[name].copy_(adapter.from_checkpoint(name, tensor, params[name].shape))
+                params[name].copy_(adapter.from_checkpoint(name, tensor))
         _reset_buffers(model, device)
         gen_path = os.path.join(directory, "generation_config.json")
         if os.path.isfile(gen_path):

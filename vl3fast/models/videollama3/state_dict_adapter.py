@@ -79,7 +79,7 @@ def vl3fast_to_official_key(name: str) -> str:
     return native
 
 
-def from_checkpoint(name: str, tensor: torch.Tensor, target_shape: torch.Size) -> torch.Tensor:
+def from_checkpoint(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """Value transform on load: the Conv2d patch kernel [C, 3, p, p] is a Linear over the flattened patch;
     the (C, py, px) flattening order is the pixel_values row order, so a reshape is exact."""
     if name == "vision.patch_embed.weight" and tensor.dim() == 4:
@@ -93,16 +93,6 @@ def to_checkpoint(name: str, tensor: torch.Tensor, patch_size: int, num_channels
     return tensor
 
 
-def detect_key_format(keys) -> str:
-    """'native' or 'official' from the key names (used only to cross-check config.json)."""
-    keys = list(keys)
-    if any(k.startswith("model.vision_model.") or k.startswith("model.language_model.") for k in keys):
-        return "native"
-    if any(k.startswith("model.vision_encoder.") or k.startswith("model.mm_projector.") for k in keys):
-        return "official"
-    return "unknown"
-
-
 def vision_state_from_transformers(hf_vision_state: dict) -> dict:
     """A transformers `VideoLlama3VisionModel` state dict -> a `VisionEncoder` state dict (for the swap from a
     loaded transformers model, the benchmarks and the parity tests)."""
@@ -111,7 +101,7 @@ def vision_state_from_transformers(hf_vision_state: dict) -> dict:
         name = checkpoint_to_vl3fast_key("model.vision_model." + key, "native")
         if name is None:
             raise ValueError(f"unexpected key in a transformers vision state dict: {key}")
-        state[name.removeprefix("vision.")] = from_checkpoint(name, value, None)
+        state[name.removeprefix("vision.")] = from_checkpoint(name, value)
     return state
 
 
