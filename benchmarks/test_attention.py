@@ -4,6 +4,9 @@ Implementations, on the same inputs in the same run:
 - `vl3fast`: vl3fast.ops.rope2d_attention (fused 2D RoPE, flash-style packed kernel);
 - `reference`: vl3fast.reference.rope2d_attention, the oracle written as transformers' VideoLLaMA3 path runs
   today (fp32 rotate_half RoPE on q and k, host sync, one SDPA call per segment);
+- `sdpa`: torch's own attention alone: one `scaled_dot_product_attention` per segment (torch's flash CPU
+  kernel) on q and k rotated beforehand, outside the timed region (for fwd_bwd the rotated q, k are the
+  leaves): the bar "never slower than torch's attention" (issue 18) is measured against this;
 - `dense_mask`: vl3fast.reference.rope2d_attention_dense_mask, the official code's SDPA with a dense
   block-diagonal [T, T] mask (O(T^2) memory and work; by default only image896 forward, where the mask is
   all True; the others with VL3FAST_BENCH_FULL=1).
@@ -15,9 +18,10 @@ Workloads (benchmarks/workloads.py; 16 heads, head dim 72, SigLIP-so400m / Video
 video16x336, mixed5, image896.
 
 extra_info: tokens/sec, attention GFLOP/s (forward 4 * sum L^2 * H * D; forward+backward 3.5x that, the
-FlashAttention convention), and for vl3fast the speedup over `reference` measured earlier in the same
-session (the parametrization runs the baselines first) and from 3 interleaved vl3fast/reference pairs
-(robust to the drifting load of a shared machine), plus the same session's torch.matmul GFLOP/s.
+FlashAttention convention), the CPU ISA level and load average, and for vl3fast the speedups over each
+baseline measured earlier in the same session (the parametrization runs the baselines first) and from 3
+interleaved pairs against `reference` and against `sdpa` (robust to the drifting load of a shared
+machine), plus the same session's torch.matmul GFLOP/s.  VL3FAST_BENCH_ROUNDS sets the timed rounds.
 `pytest benchmarks --benchmark-disable` runs every case once as a plain test.
 """
 from __future__ import annotations
@@ -29,17 +33,30 @@ import time
 import pytest
 import torch
 
+import vl3fast
+
 from vl3fast.ops import rope2d_attention, rope2d_position_ids
 from vl3fast.reference import rope2d_attention as reference_attention
 from vl3fast.reference import rope2d_attention_dense_mask
+from vl3fast.reference.attention import packed_attention
+from vl3fast.reference.rope import apply_rope2d
 from workloads import WORKLOADS as SHARED_WORKLOADS
 
 HEADS, HEAD_DIM = 16, 72
 FULL = os.environ.get("VL3FAST_BENCH_FULL") == "1"
+ROUNDS = int(os.environ.get("VL3FAST_BENCH_ROUNDS", "0"))  # 0: the defaults below
 
 WORKLOADS = {name: SHARED_WORKLOADS[name] for name in ("video16x336", "mixed5", "image896")}
+
+
+def sdpa_prerotated(q, k, v, cu_seqlens, pos_hw):
+    """torch's attention alone: q and k arrive rotated (see _prerotated), one SDPA per segment."""
+    return packed_attention(q, k, v, cu_seqlens)
+
+
 IMPLS = {
     "reference": reference_attention,
+    "sdpa": sdpa_prerotated,
     "dense_mask": rope2d_attention_dense_mask,
     "vl3fast": rope2d_attention,
 }
@@ -62,6 +79,12 @@ def _inputs(workload: str, dtype: torch.dtype, requires_grad: bool):
     q, k, v = (torch.randn(T, HEADS, HEAD_DIM, generator=gen).to(dtype).requires_grad_(requires_grad) for _ in range(3))
     grad = torch.randn(T, HEADS, HEAD_DIM, generator=gen).to(dtype)
     return q, k, v, cu_seqlens, pos_hw, grad
+
+
+def _prerotated(q, k, pos_hw, requires_grad: bool):
+    """q and k rotated by 2D RoPE as the reference does, outside any timed region; leaves for fwd_bwd."""
+    with torch.no_grad():
+        return (apply_rope2d(t.detach(), pos_hw).requires_grad_(requires_grad) for t in (q, k))
 
 
 def _runner(fn, q, k, v, cu_seqlens, pos_hw, grad, mode):
@@ -122,16 +145,19 @@ def test_rope2d_attention(bench, workload, dtype, mode, impl):
     if mode == "fwd_bwd" and workload != "video16x336" and not FULL:
         pytest.skip("forward+backward beyond video16x336: ~10 s per case on 2 cores; set VL3FAST_BENCH_FULL=1")
     q, k, v, cu_seqlens, pos_hw, grad = _inputs(workload, dtype, requires_grad=(mode == "fwd_bwd"))
-    run = _runner(IMPLS[impl], q, k, v, cu_seqlens, pos_hw, grad, mode)
+    qr, kr = _prerotated(q, k, pos_hw, mode == "fwd_bwd")
+    sdpa_run = _runner(sdpa_prerotated, qr, kr, v, cu_seqlens, pos_hw, grad, mode)
+    run = sdpa_run if impl == "sdpa" else _runner(IMPLS[impl], q, k, v, cu_seqlens, pos_hw, grad, mode)
 
     slow = impl != "vl3fast" or mode == "fwd_bwd"
-    bench.pedantic(run, rounds=3 if slow else 5, iterations=1, warmup_rounds=1)
+    bench.pedantic(run, rounds=ROUNDS or (3 if slow else 5), iterations=1, warmup_rounds=1)
 
     T = q.shape[0]
     flops = _attention_flops(cu_seqlens, mode)
     bench.extra_info.update(
         workload=workload, dtype=str(dtype).replace("torch.", ""), mode=mode, impl=impl, tokens=T,
-        segments=cu_seqlens.numel() - 1, heads=HEADS, head_dim=HEAD_DIM,
+        segments=cu_seqlens.numel() - 1, heads=HEADS, head_dim=HEAD_DIM, cpu_isa=vl3fast.info()["cpu_isa"],
+        load_average=list(os.getloadavg()),
     )
     median = _median(bench)
     if median is None:  # --benchmark-disable: ran once as a test
@@ -145,10 +171,14 @@ def test_rope2d_attention(bench, workload, dtype, mode, impl):
         # The machine is shared and its load drifts between cases: also time the two alternately, so
         # both see the same load, and report that ratio too.
         ours, theirs = _interleaved(run, _runner(reference_attention, q, k, v, cu_seqlens, pos_hw, grad, mode))
-        bench.extra_info["interleaved_ms"] = {"vl3fast": ours * 1e3, "reference": theirs * 1e3}
+        ours_s, sdpa = _interleaved(run, sdpa_run)
+        bench.extra_info["interleaved_ms"] = {"vl3fast": ours * 1e3, "reference": theirs * 1e3,
+                                              "vl3fast_vs_sdpa": ours_s * 1e3, "sdpa": sdpa * 1e3}
         bench.extra_info["speedup_vs_reference_interleaved"] = theirs / ours
-        dense = _MEDIANS.get((workload, dtype, mode, "dense_mask"))
-        bench.extra_info["speedup_vs_dense_mask"] = dense / median if dense else None
+        bench.extra_info["speedup_vs_sdpa_interleaved"] = sdpa / ours_s
+        for base in ("sdpa", "dense_mask"):
+            other = _MEDIANS.get((workload, dtype, mode, base))
+            bench.extra_info[f"speedup_vs_{base}"] = other / median if other else None
         matmul = _MEDIANS.get(("matmul", dtype))
         bench.extra_info["matmul_gflops_same_run"] = matmul
 

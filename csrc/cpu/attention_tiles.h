@@ -25,6 +25,12 @@ constexpr int kAttnBlockQ = 64;      // backward query block
 constexpr int kAttnBlockK = 64;      // key block (forward and backward)
 constexpr int kAttnFwdBlockQ = 256;  // forward query block: each rotated K/V tile serves 256 queries
 constexpr int kAttnMaxHeadDim = kMaxHeadDim;  // vl3fast/rope_math.h
+
+// The head dims with a compile-time fast path: VideoLLaMA3 (72), the Qwen2-VL family (80) and common ViTs.
+// Any other head dim of the rope2d ops (rope_math.h) runs the runtime head-dim path.  Declared once: the
+// kernel's switch (kernels/attention.cpp) and the Python list (core.attention_cpu_configs ->
+// vl3fast.ops.attention.ATTENTION_FAST_HEAD_DIMS) both expand it.
+#define VL3FAST_CPU_ATTN_FAST_HEAD_DIMS(X) X(64) X(72) X(80) X(128)
 constexpr int kAttnVec = 16;  // floats per padded chunk (one 512-bit vector)
 
 struct AttentionWorkspaceLayout {
@@ -46,7 +52,12 @@ VL3FAST_HD int64_t attn_thread_floats(int head_dim) {
   const int64_t dp = attn_padded_dim(head_dim);
   const int64_t fwd = (2 * kAttnFwdBlockQ + 2 * kAttnBlockK) * dp + kAttnFwdBlockQ * kAttnBlockK + 2 * kAttnFwdBlockQ + 2 * dp;
   const int64_t bwd = 6 * kAttnBlockQ * dp + 4 * kAttnBlockQ * kAttnBlockK + 2 * dp;
-  return fwd > bwd ? fwd : bwd;
+  // bf16 dot-product forward (kernels/attention_bf16.cpp): Q bf16 (256 x Dp / 2), K and V pair-packed
+  // (2 x 32 x Dp), O (256 x Dp), S with P in place (256 x 64), m and l, two fp32 rows and one bf16 row.
+  const int64_t fwd_bf16 = (kAttnFwdBlockQ / 2 + kAttnBlockK + kAttnFwdBlockQ) * dp + kAttnFwdBlockQ * kAttnBlockK +
+                           2 * kAttnFwdBlockQ + 2 * dp + dp / 2;
+  const int64_t most = fwd > bwd ? fwd : bwd;
+  return most > fwd_bf16 ? most : fwd_bf16;
 }
 
 VL3FAST_HD AttentionWorkspaceLayout attention_workspace_layout(int64_t num_tokens, int64_t num_segments, int num_heads,

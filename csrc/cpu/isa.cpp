@@ -10,7 +10,10 @@ struct IsaEntry {
   const char* name;
   bool (*supported)();
   const KernelTable& (*table)();
+  const char* attention_bf16;  // how the CPU attention multiplies bf16 tiles at this level
 };
+
+constexpr const char* kBf16AsFp32 = "fp32 FMA (bf16 converted to fp32)";
 
 bool always() { return true; }
 #if defined(VL3FAST_HAVE_ISA_AVX2)
@@ -22,16 +25,23 @@ bool has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 #endif
+#if defined(VL3FAST_HAVE_ISA_AVX512BF16)
+bool has_avx512bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+#endif
 
 // Lowest first; the last supported entry wins.
 const std::vector<IsaEntry>& entries() {
   static const std::vector<IsaEntry> list = {
-      {"generic", &always, &generic::kernel_table},
+      {"generic", &always, &generic::kernel_table, kBf16AsFp32},
 #if defined(VL3FAST_HAVE_ISA_AVX2)
-      {"avx2", &has_avx2, &avx2::kernel_table},
+      {"avx2", &has_avx2, &avx2::kernel_table, kBf16AsFp32},
 #endif
 #if defined(VL3FAST_HAVE_ISA_AVX512)
-      {"avx512", &has_avx512, &avx512::kernel_table},
+      {"avx512", &has_avx512, &avx512::kernel_table, kBf16AsFp32},
+#endif
+#if defined(VL3FAST_HAVE_ISA_AVX512BF16)
+      {"avx512bf16", &has_avx512bf16, &avx512bf16::kernel_table,
+       "vdpbf16ps (AVX512-BF16 dot products, fp32 accumulation; forward)"},
 #endif
   };
   return list;
@@ -74,6 +84,8 @@ const std::string& selected_isa() {
   static const std::string name = chosen().name;
   return name;
 }
+
+const char* attention_bf16_products() { return chosen().attention_bf16; }
 
 const KernelTable& kernels() { return chosen().table(); }
 

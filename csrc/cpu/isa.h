@@ -2,8 +2,10 @@
 //
 // Every file in csrc/cpu/kernels/ is compiled once per ISA level (CMakeLists.txt: VL3FAST_CPU_ISAS),
 // each time into its own namespace, so one binary carries a baseline x86-64 build, an AVX2+FMA build
-// and an AVX-512 build of the same source.  The best level the CPU supports is chosen once at first
-// use; VL3FAST_CPU_ISA=generic|avx2|avx512 forces a lower one (tests run every level this way).
+// an AVX-512 build and an AVX-512 + AVX512-BF16 build (whose attention forward for bf16 uses bf16 dot
+// products, kernels/attention_bf16.cpp) of the same source.  The best level the CPU supports is chosen
+// once at first use; VL3FAST_CPU_ISA=generic|avx2|avx512|avx512bf16 forces a lower one (tests run every
+// level this way).
 #pragma once
 #include <string>
 #include <vector>
@@ -24,6 +26,8 @@ struct KernelTable {
 std::vector<std::string> compiled_isas();
 // The level in use (detected, or forced by VL3FAST_CPU_ISA); throws if a forced level is unusable.
 const std::string& selected_isa();
+// How the selected level's attention kernel multiplies bf16 tiles (shown by `vl3fast info`).
+const char* attention_bf16_products();
 const KernelTable& kernels();
 
 }  // namespace vl3fast::cpu
@@ -39,5 +43,8 @@ VL3FAST_DECLARE_ISA(avx2)
 #endif
 #if defined(VL3FAST_HAVE_ISA_AVX512)
 VL3FAST_DECLARE_ISA(avx512)
+#endif
+#if defined(VL3FAST_HAVE_ISA_AVX512BF16)
+VL3FAST_DECLARE_ISA(avx512bf16)
 #endif
 #undef VL3FAST_DECLARE_ISA

@@ -147,7 +147,8 @@ def test_unapply_restores_bit_identical_outputs(family):
     assert not [m for m in model.modules() if any(k.startswith("_vl3fast") or k == "forward" for k in vars(m))]
 
 
-@pytest.mark.parametrize("family", ["video_llama_3", "qwen2_5_vl", "qwen3_vl"])
+# qwen3_vl_moe: its MoE LLM has no fp64 grouped matmul, so its (Qwen3-VL) tower is checked here only.
+@pytest.mark.parametrize("family", ["video_llama_3", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
 def test_vision_model_alone(family, kernel_calls):
     model = tv.build(family)
     vision = model.model.visual if family != "video_llama_3" else model.model.vision_model

@@ -33,7 +33,7 @@ def _full(param: torch.nn.Parameter) -> torch.Tensor:
     return param.detach().clone()
 
 
-def train(family, tmp_path, *, swap: bool, deepspeed: dict | None = None) -> list[float]:
+def train(family, tmp_path, *, swap: bool, deepspeed: dict | None = None, encoded: bool = False) -> list[float]:
     from transformers import Trainer, TrainingArguments
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -41,7 +41,14 @@ def train(family, tmp_path, *, swap: bool, deepspeed: dict | None = None) -> lis
     # model below be built partitioned (zero.Init), so that tv.build's weights never reach it.
     unset_hf_deepspeed_config()
     model = tv.build(family)
-    collator = (tv.PackedCollator if swap else tv.PaddedCollator)(family, model.config)
+    if encoded:  # VideoLLaMA3 on vl3fast.training's EncodedSamples: its packing collator vs a padding one
+        from vl3fast.integrations.transformers_collator import VideoLlama3PackedCollator
+
+        dataset = tv.EncodedDataset(model.config, tv.trainer_samples())
+        collator = VideoLlama3PackedCollator() if swap else tv.padded_videollama3
+    else:
+        dataset = tv.SampleDataset(tv.trainer_samples())
+        collator = (tv.PackedCollator if swap else tv.PaddedCollator)(family, model.config)
     if swap:
         vl3fast.apply_vl3fast(model)  # before Trainer(...)
     args = TrainingArguments(
@@ -50,8 +57,7 @@ def train(family, tmp_path, *, swap: bool, deepspeed: dict | None = None) -> lis
         use_cpu=deepspeed is None, remove_unused_columns=False, disable_tqdm=True, seed=0, data_seed=0,
         dataloader_num_workers=0, deepspeed=deepspeed,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=tv.SampleDataset(tv.trainer_samples()),
-                      data_collator=collator)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     vision_weight = next(p for n, p in model.named_parameters() if "vis" in n and n.endswith("weight"))
     before = vision_weight.detach().clone()
     trainer.train()
@@ -70,6 +76,14 @@ def test_trainer_losses_match_stock(family, tmp_path):
     assert len(stock) == len(ours) == STEPS
     assert max(abs(a - b) for a, b in zip(stock, ours)) <= 1e-4, (stock, ours)
     assert all(isinstance(x, float) for x in stock + ours) and len(set(stock)) == STEPS
+
+
+def test_trainer_videollama3_with_the_training_packing_collator(tmp_path):
+    """vl3fast.training's collator (pruned videos, kept placeholders only) through VideoLlama3PackedCollator."""
+    stock = train("video_llama_3", tmp_path, swap=False, encoded=True)
+    ours = train("video_llama_3", tmp_path, swap=True, encoded=True)
+    assert len(stock) == len(ours) == STEPS
+    assert max(abs(a - b) for a, b in zip(stock, ours)) <= 1e-4, (stock, ours)
 
 
 DEEPSPEED_SCRIPT = textwrap.dedent("""
@@ -106,3 +120,41 @@ def test_trainer_deepspeed_zero2_zero3_losses_match_stock(family, tmp_path):
         stock, ours = result[stage]["stock"], result[stage]["ours"]
         assert len(stock) == len(ours) == STEPS
         assert max(abs(a - b) for a, b in zip(stock, ours)) <= 1e-4, (stage, stock, ours)
+
+
+def _readme_recipe() -> str:
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(repo, "training", "README.md")) as f:
+        text = f.read()
+    section = text[text.index("## Swap vl3fast into a transformers Trainer run"):]
+    return section[section.index("```python\n") + len("```python\n"): section.index("```\n\n")]
+
+
+@pytest.mark.slow  # a subprocess that imports transformers and decodes videos; `make test` runs it
+def test_readme_recipe_runs(tmp_path):
+    """training/README.md's script, as written, fine-tunes a tiny transformers VideoLLaMA3 checkpoint."""
+    pytest.importorskip("av")
+    from tests.processing._tokenizer import save_hf_processor
+    from tests.training._fixtures import hf_model, write_annotations, write_media
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    hf_model().save_pretrained(str(ckpt))
+    save_hf_processor(ckpt, image_kwargs=dict(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 24}),
+                      video_kwargs=dict(size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 48}))
+    write_media(tmp_path / "media")
+    write_annotations(tmp_path / "train.jsonl")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = tmp_path / "finetune.py"
+    script.write_text(_readme_recipe())
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, str(script), str(ckpt), str(tmp_path / "train.jsonl"),
+                           str(tmp_path / "media"), str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "train_loss" in proc.stdout + proc.stderr
+    from transformers import VideoLlama3ForConditionalGeneration
+
+    trained = VideoLlama3ForConditionalGeneration.from_pretrained(str(out))
+    initial = VideoLlama3ForConditionalGeneration.from_pretrained(str(ckpt))
+    assert not torch.equal(trained.model.vision_model.encoder.layers[0].self_attn.q_proj.weight,
+                           initial.model.vision_model.encoder.layers[0].self_attn.q_proj.weight)

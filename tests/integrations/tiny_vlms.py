@@ -44,12 +44,14 @@ def config(family: str, vision_layers: int = 2):
                                window_size=56, fullatt_block_indexes=[vision_layers - 1]),
             text_config=dict(TEXT, rope_parameters=MROPE, **TEXT_IDS), **qwen_ids,
         )
-    if family == "qwen3_vl":
-        return tf.Qwen3VLConfig(
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        moe = dict(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2) if family == "qwen3_vl_moe" else {}
+        return (tf.Qwen3VLMoeConfig if moe else tf.Qwen3VLConfig)(
             vision_config=dict(depth=vision_layers, hidden_size=144, num_heads=2, intermediate_size=96,
                                out_hidden_size=64, spatial_merge_size=2, patch_size=16, temporal_patch_size=2,
                                num_position_embeddings=64, deepstack_visual_indexes=[0]),
-            text_config=dict(TEXT, head_dim=16, rope_parameters=dict(MROPE, mrope_interleaved=True), **TEXT_IDS), **qwen_ids,
+            text_config=dict(TEXT, head_dim=16, rope_parameters=dict(MROPE, mrope_interleaved=True), **TEXT_IDS, **moe),
+            **qwen_ids,
         )
     raise ValueError(family)
 
@@ -59,7 +61,8 @@ def build(family: str, seed: int = 0, vision_layers: int = 2, dtype=torch.float3
     import transformers as tf
 
     cls = {"video_llama_3": tf.VideoLlama3ForConditionalGeneration, "qwen2_vl": tf.Qwen2VLForConditionalGeneration,
-           "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "qwen3_vl": tf.Qwen3VLForConditionalGeneration}[family]
+           "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "qwen3_vl": tf.Qwen3VLForConditionalGeneration,
+           "qwen3_vl_moe": tf.Qwen3VLMoeForConditionalGeneration}[family]
     cfg = config(family, vision_layers)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
@@ -96,7 +99,7 @@ def _runs(family, kind, grid):
     """Placeholder runs for one media item: Qwen3-VL separates a video's frames by timestamp text."""
     t, h, w = grid
     per_frame = h * w // _merge(family, kind) ** 2
-    if family == "qwen3_vl" and kind == "video":
+    if family.startswith("qwen3_vl") and kind == "video":
         return [per_frame] * t
     return [t * per_frame]
 
@@ -209,3 +212,76 @@ class PackedCollator(PaddedCollator):
 
     def __call__(self, items):
         return packed_batch(super().__call__(items))
+
+
+def encoded_videollama3(model_config, sample: Sample, index: int):
+    """A vl3fast.training EncodedSample for a tiny VideoLLaMA3, as the data worker emits it: each video pruned
+    by a keep mask (>= 1 token per frame) and only the kept placeholders in input_ids."""
+    from vl3fast.training.encode import EncodedSample
+
+    gen = torch.Generator().manual_seed(1000 + index)
+    width = 3 * model_config.vision_config.patch_size ** 2
+    ids, keep, pixels, grids, merges, is_video = [], [], [], [], [], []
+
+    def text(n):
+        ids.extend(torch.randint(0, 100, (n,), generator=gen).tolist())
+
+    text(sample.text)
+    for kind, (t, h, w) in sample.media:
+        m = _merge("video_llama_3", kind)
+        per_frame = (h // m) * (w // m)
+        mask = torch.rand(t, per_frame, generator=gen) < 0.6 if kind == "video" else torch.ones(t, per_frame, dtype=torch.bool)
+        mask[:, 0] = True
+        keep.append(mask.reshape(-1))
+        ids.extend([VIDEO_ID if kind == "video" else IMAGE_ID] * int(mask.sum()))
+        text(2)
+        pixels.append(torch.randn(t * h * w, width, generator=gen))
+        grids.append((t, h, w)), merges.append(m), is_video.append(kind == "video")
+    text(sample.text)
+    input_ids = torch.tensor(ids)
+    visual = (input_ids == IMAGE_ID) | (input_ids == VIDEO_ID)
+    n = len(grids)
+    return EncodedSample(
+        sample_id=f"s{index}", index=index, input_ids=input_ids, labels=input_ids.masked_fill(visual, -100),
+        pixel_values=torch.cat(pixels) if pixels else torch.zeros(0, width),
+        grid_thw=torch.tensor(grids, dtype=torch.long).reshape(n, 3), merge_sizes=torch.tensor(merges, dtype=torch.long),
+        is_video=torch.tensor(is_video, dtype=torch.bool), keep_mask=torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool),
+        visual_pos=visual.nonzero().squeeze(1),
+    )
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    def __init__(self, model_config, samples):
+        self.items = [encoded_videollama3(model_config, s, i) for i, s in enumerate(samples)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def padded_videollama3(encoded) -> dict:
+    """The stock run's batch of EncodedSamples: right-padded rows, images and videos apart, as transformers'
+    VideoLLaMA3 processor and a padding collator lay them out."""
+    T = max(e.num_tokens for e in encoded)
+    input_ids = torch.zeros(len(encoded), T, dtype=torch.long)
+    labels = torch.full((len(encoded), T), -100, dtype=torch.long)
+    mask = torch.zeros(len(encoded), T, dtype=torch.long)
+    for b, e in enumerate(encoded):
+        input_ids[b, : e.num_tokens], labels[b, : e.num_tokens], mask[b, : e.num_tokens] = e.input_ids, e.labels, 1
+    batch = dict(input_ids=input_ids, labels=labels, attention_mask=mask)
+    for video, prefix, key in ((False, "image", "pixel_values"), (True, "video", "pixel_values_videos")):
+        pixels, grids, merges, keeps = [], [], [], []
+        for e in encoded:
+            rows = e.grid_thw.prod(1).tolist()
+            tokens = (e.grid_thw[:, 0] * (e.grid_thw[:, 1] // e.merge_sizes) * (e.grid_thw[:, 2] // e.merge_sizes)).tolist()
+            for i, (p, k) in enumerate(zip(e.pixel_values.split(rows), e.keep_mask.split(tokens))):
+                if bool(e.is_video[i]) == video:
+                    pixels.append(p), grids.append(e.grid_thw[i]), merges.append(e.merge_sizes[i]), keeps.append(k)
+        if pixels:
+            batch[key], batch[f"{prefix}_grid_thw"] = torch.cat(pixels), torch.stack(grids)
+            batch[f"{prefix}_merge_sizes"] = torch.stack(merges)
+            if video:
+                batch["video_compression_mask"] = torch.cat(keeps)
+    return batch

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import rope2d_attention, rope2d_position_ids
-from ..ops.attention import ATTENTION_CUDA_DTYPES, ATTENTION_CUDA_HEAD_DIMS, ATTENTION_DTYPES, ATTENTION_HEAD_DIMS
+from ..ops.attention import ATTENTION_DTYPES, ATTENTION_HEAD_DIMS
 from ..reference.rope import rope2d_inv_freq
 
 __all__ = ["VisionTower", "VISION_TOWERS", "swap_vision_attention", "restore_vision_attention"]
@@ -114,12 +114,9 @@ def _positions_hook(spec: VisionTower):
 
 
 def _kernel_covers(x: torch.Tensor, head_dim: int) -> bool:
-    """Whether rope2d_attention has a kernel for activations like `x` (else transformers' path runs)."""
-    if x.dtype not in ATTENTION_DTYPES or head_dim not in ATTENTION_HEAD_DIMS:
-        return False
-    if x.device.type == "cuda":
-        return x.dtype in ATTENTION_CUDA_DTYPES and head_dim in ATTENTION_CUDA_HEAD_DIMS
-    return x.device.type == "cpu"
+    """Whether rope2d_attention takes activations like `x` (else transformers' path runs).  Which kernel
+    then serves them (CPU, CUDA tensor-core or CUDA simple) is the op's decision (ops.attention.kernel_for)."""
+    return x.device.type in ("cpu", "cuda") and x.dtype in ATTENTION_DTYPES and head_dim in ATTENTION_HEAD_DIMS
 
 
 def _fused_forward(spec: VisionTower, theta: float):

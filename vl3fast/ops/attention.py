@@ -43,10 +43,11 @@ __all__ = [
     "ATTENTION_CUDA_DTYPES", "ATTENTION_CUDA_HEAD_DIMS", "ATTENTION_KERNELS", "kernel_for",
 ]
 
-# The supported matrix, declared once (the kernel's switch in csrc/cpu/kernels/attention.cpp lists the
-# same fast paths).  Every head dim of the rope2d ops runs (HEAD_DIMS, from csrc/include/vl3fast/rope_math.h).
+# The CPU kernel's fast paths, from the single declaration in the compiled core (csrc/cpu/attention_tiles.h;
+# compile-time head-dim specializations).  Every head dim of the rope2d ops runs (HEAD_DIMS, from
+# csrc/include/vl3fast/rope_math.h).
 ATTENTION_DTYPES = FLOAT_DTYPES
-ATTENTION_FAST_HEAD_DIMS = (64, 72, 80, 128)
+ATTENTION_FAST_HEAD_DIMS = tuple(core.attention_cpu_configs()["fast_head_dims"])
 ATTENTION_HEAD_DIMS = HEAD_DIMS
 # The CUDA kernel's matrix, from the single declaration in the compiled core.
 _CUDA_CONFIGS = core.attention_cuda_configs()

@@ -36,11 +36,12 @@ def _check_preset(cfg: Config, config: VideoLLaMA3Config, where: str) -> None:
         preset = VideoLLaMA3Config.from_name(cfg.model.preset)
     except ValueError as err:
         raise ConfigError(f"{origin_of(cfg)}: model.preset: {err}") from None
-    diffs = [f"{part}.{f}: preset {getattr(getattr(preset, part), f)}, {where} {getattr(getattr(config, part), f)}"
+    diffs = [f"{part}.{f} {getattr(getattr(preset, part), f)} vs {getattr(getattr(config, part), f)}"
              for part, fields in _SHAPE_FIELDS.items() for f in fields
              if getattr(getattr(preset, part), f) != getattr(getattr(config, part), f)]
     if diffs:
-        raise ConfigError(f"{origin_of(cfg)}: model.preset {cfg.model.preset!r} does not match {where}: {diffs}")
+        raise ConfigError(f"{origin_of(cfg)}: model.preset {cfg.model.preset!r} does not match {where} (preset vs "
+                          f"checkpoint): {'; '.join(diffs)}")
 
 
 def build_model(cfg: Config, device: torch.device, dtype: torch.dtype) -> tuple[VideoLLaMA3ForCausalLM, str | None]:

@@ -1,6 +1,6 @@
 // The one binary search over a row-major table whose column `field` is non-decreasing: maps a packed
 // patch, frame or merged token to its item (packed_grid.h), and an attention work item to its segment
-// (vl3fast/attention_tc.h on the GPU, cpu/kernels/attention.cpp), on the CPU and the GPU alike.
+// (vl3fast/attention_tc.h on the GPU, cpu/attention_kernel.h), on the CPU and the GPU alike.
 #pragma once
 #include <cstdint>
 

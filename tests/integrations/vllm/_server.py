@@ -19,7 +19,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, ckpt: str, media_dir: str, log_path: Path, dtype: str = "float32"):
+    def __init__(self, ckpt: str, media_dir: str, log_path: Path, dtype: str = "float32", extra_args=()):
         self.port = free_port()
         self.log = open(log_path, "w")
         vllm = Path(sys.executable).with_name("vllm")
@@ -30,7 +30,7 @@ class Server:
              "--enforce-eager", "--max-model-len", "2048", "--max-num-seqs", "16", "--seed", "0",
              "--allowed-local-media-path", media_dir, "--allowed-media-domains", "127.0.0.1",
              "--limit-mm-per-prompt", '{"image": 2, "video": 1}', "--served-model-name", "vl3",
-             "--trust-request-mm-kwargs"],  # per-request fps / max_frames / pruning
+             "--trust-request-mm-kwargs", *extra_args],  # per-request fps / max_frames / pruning
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
 

@@ -103,7 +103,7 @@ class VideoLLaMA3ForVLLM(nn.Module, SupportsMultiModal):
                     yield name[len("language_model."):], tensor
                 else:
                     module, rest = name.split(".", 1)
-                    towers[module][rest] = adapter.from_checkpoint(name, tensor, None)
+                    towers[module][rest] = adapter.from_checkpoint(name, tensor)
 
         loaded = {"language_model." + n for n in self.language_model.load_weights(llm_weights())}
         if unexpected:

@@ -1,0 +1,456 @@
+// Packed 2D-RoPE attention, forward and backward, flash-style (compiled once per ISA level; see isa.h).
+//
+// Forward, per work item (segment, head, 256-query block): rotate and scale the query tile once, then
+// for each 64-key tile of the segment rotate K into a transposed tile, S = Q K^T, online softmax
+// (running max m and sum l per row), O += P V.  Writes out = O / l and lse = m + log(l).  Memory is
+// O(T*D) for the cos/sin table plus per-thread tiles: never O(L^2).
+//
+// RoPE: cos/sin of every token's D/2 angles are computed once per call from pos_hw and inv_freq (fp32
+// angles, as transformers) into the workspace and shared by all heads; q and k are rotated in fp32 as
+// their tiles are loaded (no rotated copy of q or k exists beyond one thread's tiles).  A K tile is
+// re-rotated for each 256-query work item that reads it: D multiply-adds per key against 2 * 256 * D
+// for the two products it feeds.
+//
+// Backward recomputes P = exp(S - lse) per tile, with no L x L storage, in two passes so that every
+// work item owns the rows it writes (deterministic, no atomics):
+//   pass 1, per (segment, head, 64-key block): dV = sum_i P^T dO, dK = sum_i dS^T Q;
+//   pass 2, per (segment, head, 64-query block): dQ = sum_j dS K,
+// with dS = P * (dO V^T - rowsum(dO * O)).  dq and dk are rotated back by the inverse rotation so they
+// are gradients with respect to the un-rotated inputs.
+//
+// All products are small fp32 GEMMs C[M x N] (+)= A[M x K] B[K x N] with N contiguous, computed by the
+// register-blocked micro-kernel of vec_math.h.
+//
+// Included by csrc/cpu/kernels/ only (compiled once per ISA level; everything is in the ISA's namespace).
+#pragma once
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "attention_tiles.h"
+#include "isa.h"
+#include "scalar_types.h"
+#include "vec_math.h"
+#include "vl3fast/table_search.h"
+
+namespace vl3fast::cpu::VL3FAST_ISA_NS {
+
+constexpr int BQ = kAttnBlockQ;
+constexpr int BQF = kAttnFwdBlockQ;
+constexpr int BK = kAttnBlockK;
+constexpr int VW = kAttnVec;
+constexpr int kLdS = BK;  // leading dim of 64 x 64 tiles
+static_assert(VW == kGemmChunk, "tiles are padded to the GEMM's column chunk");
+
+// The template argument is the head dim of a fast path (a compile-time constant), or 0: runtime.
+template <typename T, int kD>
+struct Attention {
+  const AttentionParams& p;
+  const int D;
+  const int half;
+  const int Dp;
+  const int64_t NT;  // tokens
+  const int H;
+  const int64_t* offsets;  // work items before each segment
+  const float* cos_sin;    // [T, D]
+  float* delta;            // [H, T]
+  char* thread_base;
+  int64_t thread_bytes;
+
+  Attention(const AttentionParams& params, bool backward)
+      : p(params), D(kD > 0 ? kD : params.head_dim), half(D / 2), Dp(attn_padded_dim(D)), NT(params.num_tokens),
+        H(params.num_heads) {
+    const AttentionWorkspaceLayout w = attention_workspace_layout(p.num_tokens, p.num_segments, p.num_heads,
+                                                                  p.head_dim, p.num_threads, backward);
+    char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p.workspace) + 63) & ~uintptr_t(63));
+    offsets = reinterpret_cast<int64_t*>(base + w.offsets);
+    cos_sin = reinterpret_cast<float*>(base + w.cos_sin);
+    delta = reinterpret_cast<float*>(base + w.delta);
+    thread_base = base + w.per_thread;
+    thread_bytes = w.thread_bytes;
+  }
+
+  float* thread_tiles(int tid) const { return reinterpret_cast<float*>(thread_base + tid * thread_bytes); }
+
+  // Fills the offsets (serially, O(S)) and the cos/sin table (in parallel); returns the item count.
+  int64_t prepare(int block) const {
+    int64_t* offs = const_cast<int64_t*>(offsets);
+    offs[0] = 0;
+    for (int64_t s = 0; s < p.num_segments; ++s) {
+      const int64_t len = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
+      offs[s + 1] = offs[s] + H * ((len + block - 1) / block);
+    }
+    float* table = const_cast<float*>(cos_sin);
+    const int quarter = D / 4;
+#pragma omp parallel for schedule(static) num_threads(p.num_threads)
+    for (int64_t t = 0; t < NT; ++t) {
+      const float row = static_cast<float>(p.pos_hw[2 * t]), col = static_cast<float>(p.pos_hw[2 * t + 1]);
+      float* cs = table + t * D;
+      for (int j = 0; j < half; ++j) {
+        const float a = j < quarter ? row * p.inv_freq[j] : col * p.inv_freq[j - quarter];
+        cs[j] = std::cos(a);
+        cs[half + j] = std::sin(a);
+      }
+    }
+    return offs[p.num_segments];
+  }
+
+  // The rows a work item owns: head h, `count` (<= block_size) rows starting at packed row `first`,
+  // inside the segment [seg_start, seg_start + seg_len).
+  struct ItemRows {
+    int head;
+    int64_t first;
+    int count;
+    int64_t seg_start, seg_len;
+  };
+
+  ItemRows item_rows(int64_t item, int64_t block_size) const {
+    int64_t seg, block;
+    int head;
+    locate(item, seg, head, block);
+    const int64_t len = p.cu_seqlens[seg + 1] - p.cu_seqlens[seg];
+    const int64_t left = len - block * block_size;
+    return {head, p.cu_seqlens[seg] + block * block_size, static_cast<int>(left < block_size ? left : block_size),
+            p.cu_seqlens[seg], len};
+  }
+
+  // Work item -> (segment, head, block): the last segment whose first item is <= item.
+  void locate(int64_t item, int64_t& seg, int& head, int64_t& block) const {
+    const int64_t lo = last_row_at_most(offsets, p.num_segments, 1, 0, item);
+    seg = lo;
+    const int64_t blocks = (offsets[lo + 1] - offsets[lo]) / H;
+    const int64_t local = item - offsets[lo];
+    head = static_cast<int>(local / blocks);
+    block = local - static_cast<int64_t>(head) * blocks;
+  }
+
+  // Rotates one row of D values at token t by +angle (sign 1) or -angle (sign -1), times mult, into out.
+  void rotate_row(const float* x, int64_t t, float sign, float mult, float* out) const {
+    const float* c = cos_sin + t * D;
+    const float* s = c + half;
+#pragma omp simd
+    for (int j = 0; j < half; ++j) {
+      const float a = x[j], b = x[j + half], sj = sign * s[j];
+      out[j] = mult * (a * c[j] - b * sj);
+      out[j + half] = mult * (b * c[j] + a * sj);
+    }
+  }
+
+  // Asks for the rows [t0, t0 + n) of head h of x (clipped to the segment end) to be brought into the
+  // cache: the next tile's rows are strided by the token stride (H * D values or more apart), which the
+  // hardware prefetchers do not follow, so without this every tile load waits on memory.
+  void prefetch_rows(const T* x, int64_t st, int64_t sh, int h, int64_t t0, int64_t end) const {
+    const int64_t stop = t0 + BK < end ? t0 + BK : end;
+    const int64_t bytes = static_cast<int64_t>(D) * sizeof(T);
+    for (int64_t t = t0; t < stop; ++t) {
+      const char* row = reinterpret_cast<const char*>(x + t * st + h * sh);
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 3);
+    }
+  }
+
+  void load_row(const T* src, float* out) const {
+#pragma omp simd
+    for (int d = 0; d < D; ++d) out[d] = to_float(src[d]);
+  }
+
+  // rows [t0, t0 + n) of head h of x (optionally rotated and scaled) into tile[rows x Dp], zero padded to
+  // `rows` rows and Dp columns.
+  void load_tile(const T* x, int64_t st, int64_t sh, int h, int64_t t0, int n, int rows, bool rotate, float mult,
+                 float* tile, float* tmp) const {
+    for (int i = 0; i < rows; ++i) {
+      float* dst = tile + i * Dp;
+      if (i < n) {
+        const T* src = x + (t0 + i) * st + h * sh;
+        if (rotate) {
+          load_row(src, tmp);
+          rotate_row(tmp, t0 + i, 1.0f, mult, dst);
+        } else {
+          load_row(src, dst);
+        }
+        for (int d = D; d < Dp; ++d) dst[d] = 0.0f;
+      } else {
+        for (int d = 0; d < Dp; ++d) dst[d] = 0.0f;
+      }
+    }
+  }
+
+  // rows [t0, t0 + n) of head h, optionally rotated, transposed into tile_t[D x 64] (columns >= n zero);
+  // with `rows_out` also the row-major tile [64 x Dp].
+  void load_tile_t(const T* x, int64_t st, int64_t sh, int h, int64_t t0, int n, bool rotate, float* tile_t,
+                   float* rows_out, float* tmp, float* tmp2) const {
+    const int cols = round_up(n, VW);
+    for (int j = 0; j < cols; ++j) {
+      if (j < n) {
+        const T* src = x + (t0 + j) * st + h * sh;
+        float* row = rows_out != nullptr ? rows_out + j * Dp : tmp2;
+        if (rotate) {
+          load_row(src, tmp);
+          rotate_row(tmp, t0 + j, 1.0f, 1.0f, row);
+        } else {
+          load_row(src, row);
+        }
+        if (rows_out != nullptr)
+          for (int d = D; d < Dp; ++d) row[d] = 0.0f;
+        for (int d = 0; d < D; ++d) tile_t[d * kLdS + j] = row[d];
+      } else {
+        for (int d = 0; d < D; ++d) tile_t[d * kLdS + j] = 0.0f;
+      }
+    }
+    if (rows_out != nullptr)
+      for (int j = n; j < round_up(n, 4); ++j)
+        for (int d = 0; d < Dp; ++d) rows_out[j * Dp + d] = 0.0f;
+  }
+
+  // ---------------------------------------------------------------------------------------------- forward
+  void forward_item(int64_t item, float* w) const {
+    const ItemRows rows = item_rows(item, BQF);
+    const int h = rows.head;
+    const int64_t start = rows.seg_start, len = rows.seg_len;
+    const int64_t q0 = rows.first;
+    const int nq = rows.count;
+    const int mq = round_up(nq, 4);
+
+    float* q = w;                 // [256 x Dp]
+    float* kt = q + BQF * Dp;     // [Dp x 64] (D rows used)
+    float* vt = kt + Dp * BK;     // [64 x Dp]
+    float* o = vt + BK * Dp;      // [256 x Dp]
+    float* s = o + BQF * Dp;      // [256 x 64]
+    float* m = s + BQF * BK;      // [256]
+    float* l = m + BQF;           // [256]
+    float* tmp = l + BQF;         // [Dp]
+    float* tmp2 = tmp + Dp;       // [Dp]
+
+    const T* qx = static_cast<const T*>(p.q);
+    const T* kx = static_cast<const T*>(p.k);
+    const T* vx = static_cast<const T*>(p.v);
+    load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, mq, true, p.scale, q, tmp);
+    for (int i = 0; i < mq; ++i) {
+      m[i] = -INFINITY;
+      l[i] = 0.0f;
+    }
+    std::memset(o, 0, sizeof(float) * mq * Dp);
+
+    for (int64_t k0 = start; k0 < start + len; k0 += BK) {
+      const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
+      load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, nullptr, tmp, tmp2);
+      load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vt, tmp);
+      prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
+      prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
+      const int nk16 = round_up(nk, VW);
+      gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
+      for (int i = 0; i < nq; ++i) {
+        // Whole-vector row max and sum with one tree reduction each: a scalar horizontal reduction
+        // per row (what `omp simd reduction` compiles to without -ffast-math) is a 16-deep add chain.
+        float* si = s + i * kLdS;
+        for (int j = nk; j < nk16; ++j) si[j] = -INFINITY;  // padded keys: exp gives ~0, not counted
+        vnat vmax = vload(si);
+        for (int j = kLanes; j < nk16; j += kLanes) vmax = vmaximum(vmax, vload(si + j));
+        const float row_max = hmax(vmax);
+        const float mx = row_max > m[i] ? row_max : m[i];
+        const float alpha = exp_nonpositive(m[i] - mx);  // m[i] = -inf on the first tile: alpha ~ 0
+        const vnat vmx = vbroadcast(&mx);
+        vnat vsum = vnat{};
+        for (int j = 0; j < nk16; j += kLanes) {
+          const vnat e = vexp_nonpositive(vload(si + j) - vmx);
+          vstore(si + j, e);
+          vsum += e;
+        }
+        m[i] = mx;
+        l[i] = l[i] * alpha + hsum(vsum);
+        float* oi = o + i * Dp;
+#pragma omp simd
+        for (int d = 0; d < Dp; ++d) oi[d] *= alpha;
+      }
+      gemm(s, kLdS, vt, Dp, o, Dp, mq, Dp, nk, true);
+    }
+
+    T* out = static_cast<T*>(p.out);
+    for (int i = 0; i < nq; ++i) {
+      const float inv = 1.0f / l[i];
+      T* dst = out + (q0 + i) * p.out_stride_token + h * p.out_stride_head;
+      const float* oi = o + i * Dp;
+      for (int d = 0; d < D; ++d) dst[d] = from_float<T>(oi[d] * inv);
+      p.lse[h * NT + q0 + i] = m[i] + std::log(l[i]);
+    }
+  }
+
+  void forward() const {
+    const int64_t items = prepare(BQF);
+#pragma omp parallel num_threads(p.num_threads)
+    {
+      float* w = thread_tiles(omp_get_thread_num());
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < items; ++item) forward_item(item, w);
+    }
+  }
+
+  // --------------------------------------------------------------------------------------------- backward
+  // delta[h, t] = sum_d dout * out (fp32).
+  void compute_delta() const {
+    const T* out = static_cast<const T*>(p.out);
+    const T* dout = static_cast<const T*>(p.dout);
+#pragma omp parallel for schedule(static) num_threads(p.num_threads)
+    for (int64_t t = 0; t < NT; ++t) {
+      for (int h = 0; h < H; ++h) {
+        const T* a = out + t * p.out_stride_token + h * p.out_stride_head;
+        const T* b = dout + t * p.dout_stride_token + h * p.dout_stride_head;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int d = 0; d < D; ++d) acc += to_float(a[d]) * to_float(b[d]);
+        delta[h * NT + t] = acc;
+      }
+    }
+  }
+
+  // P = exp(S - lse) and dS = P * (dP - delta) for rows < nq, columns < nk; P overwrites S, dS overwrites dP.
+  void softmax_grad(float* s, float* dp, const float* lse_i, const float* delta_i, int nq, int nk) const {
+    for (int i = 0; i < nq; ++i) {
+      float* si = s + i * kLdS;
+      float* dpi = dp + i * kLdS;
+      const float li = lse_i[i], di = delta_i[i];
+#pragma omp simd
+      for (int j = 0; j < nk; ++j) {
+        const float pij = exp_nonpositive(si[j] - li);
+        si[j] = pij;
+        dpi[j] = pij * (dpi[j] - di);
+      }
+    }
+  }
+
+  // dst[j x i] = src[i x j] for i < nq, j < nk; rows nk..round_up(nk, 4) and columns nq.. zeroed.
+  static void transpose(const float* src, float* dst, int nq, int nk) {
+    for (int j = 0; j < round_up(nk, 4); ++j)
+      for (int i = 0; i < BQ; ++i) dst[j * kLdS + i] = (j < nk && i < nq) ? src[i * kLdS + j] : 0.0f;
+  }
+
+  // Pass 1: one 64-key block of one head: dk, dv.
+  void backward_kv_item(int64_t item, float* w) const {
+    const ItemRows rows = item_rows(item, BK);
+    const int h = rows.head;
+    const int64_t start = rows.seg_start, len = rows.seg_len;
+    const int64_t k0 = rows.first;
+    const int nk = rows.count;
+    const int mk = round_up(nk, 4), nk16 = round_up(nk, VW);
+
+    float* kt = w;                 // [Dp x 64]
+    float* vt = kt + Dp * BK;      // [Dp x 64]
+    float* dk = vt + Dp * BK;      // [64 x Dp]
+    float* dv = dk + BK * Dp;      // [64 x Dp]
+    float* q = dv + BK * Dp;       // [64 x Dp]
+    float* dout = q + BQ * Dp;     // [64 x Dp]
+    float* s = dout + BQ * Dp;     // [64 x 64]
+    float* dp = s + BQ * BK;       // [64 x 64]
+    float* pt = dp + BQ * BK;      // [64 x 64]
+    float* dst = pt + BQ * BK;     // [64 x 64]
+    float* tmp = dst + BQ * BK;    // [Dp]
+    float* tmp2 = tmp + Dp;        // [Dp]
+
+    const T* qx = static_cast<const T*>(p.q);
+    const T* kx = static_cast<const T*>(p.k);
+    const T* vx = static_cast<const T*>(p.v);
+    const T* dox = static_cast<const T*>(p.dout);
+    load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, nullptr, tmp, tmp2);
+    load_tile_t(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, false, vt, nullptr, tmp, tmp2);
+    std::memset(dk, 0, sizeof(float) * mk * Dp);
+    std::memset(dv, 0, sizeof(float) * mk * Dp);
+
+    for (int64_t q0 = start; q0 < start + len; q0 += BQ) {
+      const int nq = static_cast<int>(start + len - q0 < BQ ? start + len - q0 : BQ);
+      const int mq = round_up(nq, 4);
+      load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, mq, true, p.scale, q, tmp);
+      load_tile(dox, p.dout_stride_token, p.dout_stride_head, h, q0, nq, mq, false, 1.0f, dout, tmp);
+      prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + BQ, start + len);
+      prefetch_rows(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + BQ, start + len);
+      gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
+      gemm(dout, Dp, vt, kLdS, dp, kLdS, mq, nk16, D, false);
+      softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk);
+      transpose(s, pt, nq, nk);
+      transpose(dp, dst, nq, nk);
+      gemm(pt, kLdS, dout, Dp, dv, Dp, mk, Dp, nq, true);
+      gemm(dst, kLdS, q, Dp, dk, Dp, mk, Dp, nq, true);  // q carries the softmax scale
+    }
+
+    T* dkx = static_cast<T*>(p.dk);
+    T* dvx = static_cast<T*>(p.dv);
+    for (int j = 0; j < nk; ++j) {
+      T* dkr = dkx + (k0 + j) * p.dk_stride_token + h * p.dk_stride_head;
+      T* dvr = dvx + (k0 + j) * p.dv_stride_token + h * p.dv_stride_head;
+      rotate_row(dk + j * Dp, k0 + j, -1.0f, 1.0f, tmp);
+      for (int d = 0; d < D; ++d) {
+        dkr[d] = from_float<T>(tmp[d]);
+        dvr[d] = from_float<T>(dv[j * Dp + d]);
+      }
+    }
+  }
+
+  // Pass 2: one 64-query block of one head: dq.
+  void backward_q_item(int64_t item, float* w) const {
+    const ItemRows rows = item_rows(item, BQ);
+    const int h = rows.head;
+    const int64_t start = rows.seg_start, len = rows.seg_len;
+    const int64_t q0 = rows.first;
+    const int nq = rows.count;
+    const int mq = round_up(nq, 4);
+
+    float* q = w;                  // [64 x Dp]
+    float* dout = q + BQ * Dp;     // [64 x Dp]
+    float* dq = dout + BQ * Dp;    // [64 x Dp]
+    float* kt = dq + BQ * Dp;      // [Dp x 64]
+    float* vt = kt + Dp * BK;      // [Dp x 64]
+    float* krows = vt + Dp * BK;   // [64 x Dp]
+    float* s = krows + BK * Dp;    // [64 x 64]
+    float* dp = s + BQ * BK;       // [64 x 64]
+    float* tmp = dp + BQ * BK;     // [Dp]
+    float* tmp2 = tmp + Dp;        // [Dp]
+
+    const T* qx = static_cast<const T*>(p.q);
+    const T* kx = static_cast<const T*>(p.k);
+    const T* vx = static_cast<const T*>(p.v);
+    const T* dox = static_cast<const T*>(p.dout);
+    load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, mq, true, p.scale, q, tmp);
+    load_tile(dox, p.dout_stride_token, p.dout_stride_head, h, q0, nq, mq, false, 1.0f, dout, tmp);
+    std::memset(dq, 0, sizeof(float) * mq * Dp);
+
+    for (int64_t k0 = start; k0 < start + len; k0 += BK) {
+      const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
+      const int nk16 = round_up(nk, VW);
+      load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, krows, tmp, tmp2);
+      load_tile_t(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, false, vt, nullptr, tmp, tmp2);
+      prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
+      prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
+      gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
+      gemm(dout, Dp, vt, kLdS, dp, kLdS, mq, nk16, D, false);
+      softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk);
+      gemm(dp, kLdS, krows, Dp, dq, Dp, mq, Dp, nk, true);
+    }
+
+    T* dqx = static_cast<T*>(p.dq);
+    for (int i = 0; i < nq; ++i) {
+      T* dqr = dqx + (q0 + i) * p.dq_stride_token + h * p.dq_stride_head;
+      rotate_row(dq + i * Dp, q0 + i, -1.0f, p.scale, tmp);
+      for (int d = 0; d < D; ++d) dqr[d] = from_float<T>(tmp[d]);
+    }
+  }
+
+  void backward() const {
+    const int64_t items = prepare(BQ);  // key blocks and query blocks are both 64 wide: same item list
+    static_assert(BQ == BK, "the backward passes share one work-item list");
+    compute_delta();
+#pragma omp parallel num_threads(p.num_threads)
+    {
+      float* w = thread_tiles(omp_get_thread_num());
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < items; ++item) backward_kv_item(item, w);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < items; ++item) backward_q_item(item, w);
+    }
+  }
+};
+
+// The forward for bf16 inputs on AVX512-BF16 (kernels/attention_bf16.cpp): q.k^T and p.v as bf16 dot
+// products (vdpbf16ps) with fp32 accumulation.  Instantiated for the fast head dims and 0 (runtime).
+template <int kD>
+void forward_bf16_dot(const AttentionParams& p);
+
+}  // namespace vl3fast::cpu::VL3FAST_ISA_NS
