@@ -60,7 +60,7 @@ def build_encoders(layers: int):
     state = {}
     for key, value in hf.state_dict().items():
         name = adapter.checkpoint_to_vl3fast_key("model.vision_model." + key, "native")
-        state[name.removeprefix("vision.")] = adapter.from_checkpoint(name, value, None)
+        state[name.removeprefix("vision.")] = adapter.from_checkpoint(name, value)
     ours.load_state_dict(state, strict=True)
     return hf, ours
 
