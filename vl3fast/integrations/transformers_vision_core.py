@@ -12,7 +12,8 @@ Two exact implementations of `softmax(rope(q) rope(k)^T * scale) v` per segment,
 
 `path_for` is the one decision.  On CPU `rope_then_sdpa` wins at every segment length the towers use:
 fwd+bwd of 4096 tokens, 16 heads x 80, fp32, 1 thread, AMD EPYC (load ~7, 3 interleaved rounds,
-/tmp-free script in benchmarks/test_swapin.py::test_attention_core_cpu), fused / rope_then_sdpa / stock:
+a standalone script; re-measured on the real module by benchmarks/test_swapin.py::test_attention_core_cpu),
+fused / rope_then_sdpa / stock:
 L=64 (Qwen2.5-VL windows) 429 / 319 / 710 ms; L=256 (video frames) 868 / 687 / 985 ms;
 L=1024 3487 / 2481 / 2931 ms; L=4096 13428 / 6625 / 9169 ms.  The fused CPU kernel loses to torch's flash
 kernel mostly in its backward; when it wins, this is the line to change.  CUDA runs `fused` (a varlen kernel:
