@@ -36,7 +36,7 @@ from ._checks import (
     check_tensor,
     check_theta,
 )
-from .rope2d import _inv_freq
+from .inv_freq import inv_freq_on
 
 __all__ = [
     "rope2d_attention", "ATTENTION_HEAD_DIMS", "ATTENTION_FAST_HEAD_DIMS", "ATTENTION_DTYPES",
@@ -131,7 +131,8 @@ def _check_values(q, cu_seqlens, pos_hw, max_seqlen) -> None:
         raise ValueError(f"max_seqlen: {max_seqlen} is shorter than the longest segment ({max(lengths)})")
 
 
-def _workspace(q: torch.Tensor, num_segments: int, backward: bool, kernel: str) -> torch.Tensor:
+def workspace_for(q: torch.Tensor, num_segments: int, backward: bool, kernel: str) -> torch.Tensor:
+    """An uninitialised uint8 workspace of the size the named kernel needs for `q_THD` (kernels never allocate)."""
     T, H, D = q.shape
     device_index = q.device.index if q.device.type == "cuda" else -1
     nbytes = core.rope2d_attention_workspace_bytes(T, num_segments, H, D, backward, device_index, kernel)
@@ -155,10 +156,10 @@ def run_forward(kernel: str, q, k, v, cu_seqlens, pos_hw, theta: float, scale: f
     cu_seqlens = cu_seqlens.contiguous()
     v = _vector_aligned(v, kernel)
     if workspace is None:
-        workspace = _workspace(q, cu_seqlens.shape[0] - 1, False, kernel)
+        workspace = workspace_for(q, cu_seqlens.shape[0] - 1, False, kernel)
     core.rope2d_attention_forward(
         tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
-        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(workspace), scale,
+        tensor_ref(inv_freq_on(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(workspace), scale,
         max_seqlen, stream_of(q), kernel,
     )
     return out, lse
@@ -177,10 +178,10 @@ def run_backward(kernel: str, dout, q, k, v, out, lse, cu_seqlens, pos_hw, theta
     cu_seqlens = cu_seqlens.contiguous()
     lse = lse.contiguous()
     if workspace is None:
-        workspace = _workspace(q, cu_seqlens.shape[0] - 1, True, kernel)
+        workspace = workspace_for(q, cu_seqlens.shape[0] - 1, True, kernel)
     core.rope2d_attention_backward(
         tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
-        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout),
+        tensor_ref(inv_freq_on(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout),
         tensor_ref(dq), tensor_ref(dk), tensor_ref(dv), tensor_ref(workspace), scale, -1, stream_of(q), kernel,
     )
     return dq, dk, dv
