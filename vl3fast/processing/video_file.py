@@ -1,0 +1,206 @@
+"""An opened video file: the PyAV container, its video stream and what the header says (`VideoInfo`),
+probed once.  Opening maps FFmpeg's failures to the `errors` classes (not media, corrupt, timeout), and
+the packet index (pts and keyframes, read by demuxing without decoding) is built here for `decode`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from .errors import CorruptMediaError, DecodeTimeoutError, EmptyVideoError, NotMediaError, UnsupportedCodecError
+from .image import _check_file
+
+DEFAULT_TIMEOUT_S = 120.0
+
+# Leading bytes of container formats PyAV reads; a file that starts like one but cannot be opened
+# is called corrupt, anything else "not media".
+_CONTAINER_MAGIC = (
+    (4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide"),  # MP4 / MOV / 3GP
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (0, b"RIFF"),  # AVI
+    (0, b"FLV"), (0, b"OggS"), (0, b"\x00\x00\x01\xba"),  # FLV, Ogg, MPEG-PS
+)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container header says (no decoding): the numbers frame sampling is computed from.
+    `total_frames` and `fps` are read exactly as transformers' PyAV loader reads them
+    (`stream.frames`, `stream.average_rate`); `total_frames` is counted from packets if the header
+    has no count."""
+
+    path: str
+    total_frames: int
+    fps: float
+    height: int
+    width: int
+    codec: str
+
+    @property
+    def duration(self) -> float:
+        return self.total_frames / self.fps
+
+
+def _looks_like_container(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return any(head[off:off + len(magic)] == magic for off, magic in _CONTAINER_MAGIC)
+
+
+def _open_container(path: str, timeout: float | None):
+    import av
+
+    path = _check_file(path)
+    if os.path.getsize(path) == 0:
+        raise NotMediaError(f"{path!r} is an empty file, not a video")
+    start = time.monotonic()
+    try:
+        return av.open(path, mode="r", timeout=timeout)
+    except av.error.FFmpegError as e:
+        # FFmpeg's I/O interrupt fires when the timeout passes; the parser may then report it as
+        # ExitError or as invalid data, so the clock decides.
+        if isinstance(e, av.error.ExitError) or (timeout is not None and time.monotonic() - start >= timeout):
+            raise DecodeTimeoutError(f"{path!r}: opening did not finish within timeout={timeout} s") from e
+        if isinstance(e, av.error.EOFError):
+            raise CorruptMediaError(f"{path!r} ends before its header does (truncated?): {e}") from e
+        if _looks_like_container(path):
+            raise CorruptMediaError(f"{path!r} looks like a video container but cannot be opened "
+                                    f"(truncated or corrupt): {e}") from e
+        raise NotMediaError(f"{path!r} is not a video file FFmpeg can read: {e}") from e
+
+
+def _mp4_top_level_boxes(path: str) -> list[bytes] | None:
+    """Types of the top-level boxes of an ISO-BMFF (MP4/MOV) file, None if it is not one."""
+    boxes = []
+    size_total = os.path.getsize(path)
+    with open(path, "rb") as f:
+        offset = 0
+        while offset + 8 <= size_total and len(boxes) < 10000:
+            f.seek(offset)
+            header = f.read(16)
+            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if not boxes and kind != b"ftyp":
+                return None
+            boxes.append(kind)
+            if size == 1 and len(header) == 16:
+                size = int.from_bytes(header[8:16], "big")
+            elif size == 0:
+                break
+            if size < 8:
+                break
+            offset += size
+    return boxes
+
+
+def _video_stream(container, path: str):
+    if not container.streams.video:
+        if len(container.streams) == 0:
+            boxes = _mp4_top_level_boxes(path)
+            if boxes is not None and b"moov" not in boxes:
+                raise CorruptMediaError(
+                    f"{path!r} has no 'moov' index box: the MP4 is truncated or was not finalized"
+                )
+        raise EmptyVideoError(f"{path!r} has no video stream")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        import av
+
+        tag = getattr(stream, "codec_tag", None) or "unknown"
+        raise UnsupportedCodecError(
+            f"{path!r}: no decoder for its video codec (tag {tag!r}) in the FFmpeg build of PyAV {av.__version__}"
+        )
+    return stream
+
+
+def _packet_index(video: "VideoFile") -> tuple[list[int], list[int]]:
+    """(pts of every frame in presentation order, presentation positions of the keyframes), read by
+    demuxing only; the file is rewound to its start afterwards. Empty when frames lack a pts or the
+    demuxer fails: the caller then decodes sequentially (always correct)."""
+    import av
+
+    pts, key_pts = [], []
+    try:
+        for packet in video.container.demux(video.container.streams.video[0]):
+            if packet.size == 0:
+                continue  # the flush packet at the end
+            if packet.pts is None:
+                pts = None
+                break
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                key_pts.append(packet.pts)
+    except av.error.FFmpegError:
+        pts = None
+    video.rewind()
+    if pts is None:
+        return [], []
+    pts.sort()
+    if len(set(pts)) != len(pts):
+        return [], []
+    position = {p: i for i, p in enumerate(pts)}
+    return pts, sorted(position[p] for p in key_pts)
+
+
+def _count_packets(video: "VideoFile") -> int:
+    n = sum(1 for p in video.container.demux(video.container.streams.video[0]) if p.size)
+    if n:
+        video.rewind()
+    return n
+
+
+def _probe(video: "VideoFile") -> VideoInfo:
+    path = video.path
+    stream = _video_stream(video.container, path)
+    total = int(stream.frames or 0)
+    if total == 0:  # no count in the header (e.g. some Matroska/WebM): count packets
+        total = _count_packets(video)
+    if total == 0:
+        raise EmptyVideoError(f"{path!r}: its video stream has no frames")
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise CorruptMediaError(f"{path!r}: the video stream has no frame rate")
+    cc = stream.codec_context
+    return VideoInfo(path=path, total_frames=total, fps=float(rate), height=int(cc.height),
+                     width=int(cc.width), codec=cc.name)
+
+
+class VideoFile:
+    """One opened video file: its container and header (`VideoInfo`), probed once.  Sampling, budget
+    checks and decoding all use this one container, so a file is opened once per call.  Use as a context
+    manager (or call `close`)."""
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float | None = DEFAULT_TIMEOUT_S):
+        path = _check_file(path)
+        self.path, self.timeout = path, timeout
+        self.container = _open_container(path, timeout)
+        self.abandoned = False  # a timed-out decode still runs and closes the container itself
+        try:
+            self.info = _probe(self)
+        except BaseException:
+            self.container.close()
+            raise
+
+    def rewind(self) -> None:
+        """Back to the start after a demux-only pass, so decoding starts at frame 0 as from a fresh open
+        (reopened when the container cannot seek)."""
+        import av
+
+        try:
+            self.container.seek(0)
+        except av.error.FFmpegError:
+            self.container.close()
+            self.container = _open_container(self.path, self.timeout)
+
+    def close(self) -> None:
+        if not self.abandoned:
+            self.container.close()
+
+    def __enter__(self) -> "VideoFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
