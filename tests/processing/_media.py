@@ -5,6 +5,10 @@ from functools import partial
 
 import numpy as np
 
+# seconds of each frame of the variable-frame-rate clip: 10 fps for 2 s, then 1 fps (its average_rate of
+# 100/31 makes index / fps off by 2 s at the end)
+VFR_TIMES = [0.1 * i for i in range(20)] + [2.0 + 1.0 * i for i in range(10)]
+
 
 def frame_pattern(i: int, height: int, width: int) -> np.ndarray:
     """A moving gradient plus a checkerboard that flips every 7 frames: every frame differs, some
@@ -18,9 +22,9 @@ def frame_pattern(i: int, height: int, width: int) -> np.ndarray:
 
 
 def write_video(path, *, width, height, fps, frames, codec="libx264", gop=None, bframes=None,
-                container_options=None, pattern=frame_pattern, rotation=None, times=None) -> str:
-    """rotation: the display matrix's counterclockwise degrees (PyAV's `set_display_rotation`, what a
-    phone writes for portrait video: -90); times: seconds of each frame (variable frame rate, `frames`
+                container_options=None, pattern=frame_pattern, rotation=None, hflip=False, times=None) -> str:
+    """rotation, hflip: the display matrix's counterclockwise degrees and mirror (PyAV's
+    `set_display_rotation`; a phone writes -90 for portrait video); times: seconds of each frame (variable frame rate, `frames`
     is then len(times)), written as pts in milliseconds."""
     from fractions import Fraction
 
@@ -32,7 +36,7 @@ def write_video(path, *, width, height, fps, frames, codec="libx264", gop=None, 
     if gop:
         stream.codec_context.gop_size = gop
     if rotation is not None:
-        stream.set_display_rotation(rotation)
+        stream.set_display_rotation(rotation, hflip=hflip)
     if times is not None:
         frames = len(times)
         stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)

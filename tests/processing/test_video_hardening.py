@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from vl3fast.processing import (
     ImageNotVideoError, MediaError, MediaSizeError, NotMediaError, ProcessingConfig, estimate_tokens, load_video,
@@ -19,7 +18,7 @@ from vl3fast.processing import (
 from vl3fast.processing.image import MAX_PIXELS_ENV
 from vl3fast.processing.prompt import decoded_stamps
 
-from ._media import hf_load_video, write_video
+from ._media import VFR_TIMES, hf_load_video
 
 VIDEO_CALLS = {
     "load_video": load_video,
@@ -27,8 +26,6 @@ VIDEO_CALLS = {
     "estimate_tokens": lambda p: estimate_tokens(videos=[p]),
     "preprocess_videos": preprocess_videos,
 }
-# seconds of each frame: 10 fps for 2 s, then 1 fps (average_rate 100/31 makes index/fps off by 2 s at the end)
-VFR_TIMES = [0.1 * i for i in range(20)] + [2.0 + 1.0 * i for i in range(10)]
 
 
 def _raw_frames(path) -> list[np.ndarray]:
@@ -36,41 +33,6 @@ def _raw_frames(path) -> list[np.ndarray]:
 
     with av.open(str(path)) as c:
         return [(f.to_ndarray(format="rgb24"), f.rotation) for f in c.decode(video=0)]
-
-
-@pytest.fixture(scope="module")
-def clips(media_dir):
-    d = media_dir
-    out = {f"rot{r}": write_video(d / f"rot{r}.mp4", width=64, height=48, fps=10, frames=6, rotation=r)
-           for r in (-90, 90, 180)}
-    import av
-
-    c = av.open(str(d / "hflip.mp4"), "w")  # a mirrored (selfie-camera) display matrix
-    s = c.add_stream("libx264", rate=10)
-    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-    s.set_display_rotation(0, hflip=True)
-    from ._media import frame_pattern
-
-    for i in range(3):
-        for p in s.encode(av.VideoFrame.from_ndarray(frame_pattern(i, 48, 64), format="rgb24")):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-    c.close()
-    out["hflip"] = str(d / "hflip.mp4")
-    out["vfr"] = write_video(d / "vfr.mp4", width=64, height=48, fps=10, frames=0, times=VFR_TIMES,
-                             bframes=2)
-    out["thin"] = write_video(d / "thin.mp4", width=1000, height=4, fps=10, frames=3)
-    rgb = np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8)
-    for ext in ("png", "jpg", "webp"):
-        Image.fromarray(rgb).save(d / f"still.{ext}")
-        out[ext] = str(d / f"still.{ext}")
-    (d / "png_named.mp4").write_bytes((d / "still.png").read_bytes())
-    out["png_named_mp4"] = str(d / "png_named.mp4")
-    frames = [Image.fromarray(np.full((40, 60, 3), v, np.uint8)) for v in (10, 120, 240)]
-    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
-    out["gif"] = str(d / "anim.gif")
-    return out
 
 
 @pytest.mark.parametrize("kind", ["png", "jpg", "webp", "png_named_mp4"])
