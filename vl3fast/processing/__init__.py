@@ -16,8 +16,8 @@ not imported (`resize.resize_frames`). Needs the `media` extra: pillow, av.
 """
 from .config import ProcessingConfig
 from .errors import (
-    CorruptMediaError, DecodeTimeoutError, EmptyVideoError, MediaError, MediaNotFoundError, MediaSizeError,
-    NotMediaError, TokenBudgetError, UnsupportedCodecError,
+    CorruptMediaError, DecodeTimeoutError, EmptyVideoError, ImageNotVideoError, MediaError, MediaNotFoundError,
+    MediaSizeError, NotMediaError, TokenBudgetError, UnsupportedCodecError,
 )
 from .image import load_image
 from .processor import VideoLLaMA3Processor
@@ -33,6 +33,6 @@ __all__ = [
     "load_image", "load_video", "probe_video", "sample_frame_indices", "Video", "VideoFile", "VideoInfo",
     "preprocess_images", "preprocess_videos", "VisualInputs", "normalize_patchify", "estimate_tokens",
     "TokenEstimate", "ItemEstimate", "smart_resize", "official_resize", "plan_sizes", "ItemShape", "ItemPlan",
-    "resize_frames", "MediaError", "MediaNotFoundError", "NotMediaError", "CorruptMediaError", "EmptyVideoError",
-    "UnsupportedCodecError", "DecodeTimeoutError", "MediaSizeError", "TokenBudgetError",
+    "resize_frames", "MediaError", "MediaNotFoundError", "NotMediaError", "ImageNotVideoError", "CorruptMediaError",
+    "EmptyVideoError", "UnsupportedCodecError", "DecodeTimeoutError", "MediaSizeError", "TokenBudgetError",
 ]

@@ -8,8 +8,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from .errors import CorruptMediaError, DecodeTimeoutError, EmptyVideoError, NotMediaError, UnsupportedCodecError
-from .image import _check_file
+from .errors import (
+    CorruptMediaError, DecodeTimeoutError, EmptyVideoError, ImageNotVideoError, NotMediaError, UnsupportedCodecError,
+)
+from .image import _check_file, _check_pixels
+from .mp4_header import display_matrix, orientation, top_level_boxes
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -33,13 +36,20 @@ class VideoInfo:
     path: str
     total_frames: int
     fps: float
-    height: int
+    height: int  # as displayed: after `rotation`
     width: int
     codec: str
+    rotation: int = 0  # degrees counterclockwise (0, 90, 180, 270) the display matrix turns the coded frames
+    flipped: bool = False  # then mirrored top to bottom (see `mp4_header.orientation`)
 
     @property
     def duration(self) -> float:
         return self.total_frames / self.fps
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(height, width) of the frames the decoder outputs, before the display rotation."""
+        return (self.width, self.height) if self.rotation in (90, 270) else (self.height, self.width)
 
 
 def _looks_like_container(path: str) -> bool:
@@ -73,33 +83,10 @@ def _open_container(path: str, timeout: float | None):
         raise NotMediaError(f"{path!r} is not a video file FFmpeg can read: {e}") from e
 
 
-def _mp4_top_level_boxes(path: str) -> list[bytes] | None:
-    """Types of the top-level boxes of an ISO-BMFF (MP4/MOV) file, None if it is not one."""
-    boxes = []
-    size_total = os.path.getsize(path)
-    with open(path, "rb") as f:
-        offset = 0
-        while offset + 8 <= size_total and len(boxes) < 10000:
-            f.seek(offset)
-            header = f.read(16)
-            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
-            if not boxes and kind != b"ftyp":
-                return None
-            boxes.append(kind)
-            if size == 1 and len(header) == 16:
-                size = int.from_bytes(header[8:16], "big")
-            elif size == 0:
-                break
-            if size < 8:
-                break
-            offset += size
-    return boxes
-
-
 def _video_stream(container, path: str):
     if not container.streams.video:
         if len(container.streams) == 0:
-            boxes = _mp4_top_level_boxes(path)
+            boxes = top_level_boxes(path)
             if boxes is not None and b"moov" not in boxes:
                 raise CorruptMediaError(
                     f"{path!r} has no 'moov' index box: the MP4 is truncated or was not finalized"
@@ -116,15 +103,18 @@ def _video_stream(container, path: str):
     return stream
 
 
-def _packet_index(video: "VideoFile") -> tuple[list[int], list[int]]:
+def _packet_index(video: "VideoFile", check_stop=None) -> tuple[list[int], list[int]]:
     """(pts of every frame in presentation order, presentation positions of the keyframes), read by
     demuxing only; the file is rewound to its start afterwards. Empty when frames lack a pts or the
-    demuxer fails: the caller then decodes sequentially (always correct)."""
+    demuxer fails: the caller then decodes sequentially (always correct).  `check_stop()` runs every
+    256 packets and may raise to abandon the pass (a decode past its deadline)."""
     import av
 
     pts, key_pts = [], []
     try:
-        for packet in video.container.demux(video.container.streams.video[0]):
+        for n, packet in enumerate(video.container.demux(video.container.streams.video[0])):
+            if check_stop is not None and n % 256 == 0:
+                check_stop()
             if packet.size == 0:
                 continue  # the flush packet at the end
             if packet.pts is None:
@@ -152,8 +142,20 @@ def _count_packets(video: "VideoFile") -> int:
     return n
 
 
+# FFmpeg's single-image demuxers (`image2` and the `*_pipe` family: png_pipe, jpeg_pipe, webp_pipe...); an
+# animated GIF / APNG has its own demuxer and is a video.
+def _is_still_image(container) -> bool:
+    names = container.format.name.split(",")
+    return any(n == "image2" or n.endswith("_pipe") for n in names)
+
+
 def _probe(video: "VideoFile") -> VideoInfo:
     path = video.path
+    if _is_still_image(video.container):
+        raise ImageNotVideoError(
+            f"{path!r} is a still image ({video.container.format.name}), not a video: pass it as an image "
+            "(images=..., load_image, preprocess_images)"
+        )
     stream = _video_stream(video.container, path)
     total = int(stream.frames or 0)
     if total == 0:  # no count in the header (e.g. some Matroska/WebM): count packets
@@ -164,8 +166,15 @@ def _probe(video: "VideoFile") -> VideoInfo:
     if not rate:
         raise CorruptMediaError(f"{path!r}: the video stream has no frame rate")
     cc = stream.codec_context
-    return VideoInfo(path=path, total_frames=total, fps=float(rate), height=int(cc.height),
-                     width=int(cc.width), codec=cc.name)
+    height, width = int(cc.height), int(cc.width)
+    if height < 1 or width < 1:
+        raise CorruptMediaError(f"{path!r}: the video stream header gives no frame size ({height}x{width})")
+    _check_pixels(path, width, height, None)  # the image decode cap, per frame
+    quarter_turns, flipped = orientation(display_matrix(path))
+    if quarter_turns % 2:
+        height, width = width, height
+    return VideoInfo(path=path, total_frames=total, fps=float(rate), height=height, width=width, codec=cc.name,
+                     rotation=90 * quarter_turns, flipped=flipped)
 
 
 class VideoFile:
