@@ -24,8 +24,8 @@ def frame_pattern(i: int, height: int, width: int) -> np.ndarray:
 def write_video(path, *, width, height, fps, frames, codec="libx264", gop=None, bframes=None,
                 container_options=None, pattern=frame_pattern, rotation=None, hflip=False, times=None) -> str:
     """rotation, hflip: the display matrix's counterclockwise degrees and mirror (PyAV's
-    `set_display_rotation`; a phone writes -90 for portrait video); times: seconds of each frame (variable frame rate, `frames`
-    is then len(times)), written as pts in milliseconds."""
+    `set_display_rotation`; a phone writes -90 for portrait video); times: seconds of each frame (a
+    variable frame rate; `frames` is then len(times)), written as pts in milliseconds."""
     from fractions import Fraction
 
     import av

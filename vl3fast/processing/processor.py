@@ -213,7 +213,8 @@ class VideoLLaMA3Processor:
         for i, (video, md) in enumerate(zip(items, metadata)):
             if isinstance(video, (str, os.PathLike, Video)):
                 prepared.append(video)
-                labelers.append(lambda vis, k: decoded_stamps(vis.frame_indices[k], vis.video_fps[k], vis.timestamps[k]))
+                labelers.append(lambda vis, k: decoded_stamps(vis.frame_indices[k], vis.video_fps[k],
+                                                              vis.timestamps[k]))
                 continue
             frames = _frames_array(video)
             fps = _metadata_value(md, "fps")

@@ -60,10 +60,12 @@ class Video:
 
 
 def probe_video(path: str | os.PathLike, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> VideoInfo:
-    """Reads the header of a video (no decoding): frame count, frame rate, size and codec.
+    """Reads the header of a video (no decoding): frame count, frame rate, displayed size (after the
+    display matrix's rotation), codec and rotation.
 
-    Raises MediaNotFoundError, NotMediaError, CorruptMediaError, EmptyVideoError (no video stream or
-    no frames) and UnsupportedCodecError.
+    Raises MediaNotFoundError (also for directories and FIFOs), NotMediaError (ImageNotVideoError for a
+    still image), CorruptMediaError, EmptyVideoError (no video stream or no frames), UnsupportedCodecError
+    and MediaSizeError (a frame over the pixel cap, `image.max_image_pixels`).
     """
     with VideoFile(path, timeout=timeout) as video:
         return video.info
@@ -101,9 +103,9 @@ def load_video(
         `resize.resize_frames`), so full-size frames are never all held at once. The result is
         identical to resizing the full-size frames afterwards.
 
-    Returns a `Video` (frames uint8 [T, H, W, 3], indices, timestamps, info). Raises the
-    `vl3fast.processing.errors` exceptions: MediaNotFoundError, NotMediaError, CorruptMediaError,
-    EmptyVideoError, UnsupportedCodecError, DecodeTimeoutError.
+    Returns a `Video` (frames uint8 [T, H, W, 3] as displayed, indices, timestamps, info). Raises the
+    `vl3fast.processing.errors` exceptions of `probe_video` and DecodeTimeoutError; ValueError / TypeError
+    naming the argument for sampling settings or `resize_to` out of range.
     """
     path = _check_file(path)
     _check_decode_settings(threads, timeout, resize_to)

@@ -31,7 +31,7 @@ class VideoInfo:
     """What the container header says (no decoding): the numbers frame sampling is computed from.
     `total_frames` and `fps` are read exactly as transformers' PyAV loader reads them
     (`stream.frames`, `stream.average_rate`); `total_frames` is counted from packets if the header
-    has no count."""
+    has no count. `height` x `width` is the size as displayed: the coded size turned by `rotation`."""
 
     path: str
     total_frames: int
