@@ -136,6 +136,8 @@ def test_vfr_timestamps_come_from_the_frames_pts(clips, kw):
     expected = [VFR_TIMES[i] for i in v.indices]  # index / fps said 7.75 s for the frame at 7.0 s
     assert v.timestamps == pytest.approx(expected, abs=1e-9)
     assert preprocess_videos(clips["vfr"], num_frames=6).timestamps[0] == pytest.approx(expected, abs=1e-9)
+    # the estimate reads the same times from the packets, without decoding
+    assert estimate_tokens(videos=[clips["vfr"]], num_frames=6).items[0].timestamps == tuple(v.timestamps)
 
 
 def test_constant_rate_timestamps_stay_index_over_fps(videos):

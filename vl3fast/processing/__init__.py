@@ -4,7 +4,7 @@
     load_video(path, fps=1, max_frames=180)   PyAV; transformers' frame sampling; seeks; timeout
     preprocess_images / preprocess_videos  -> VisualInputs(pixel_values [P, 588] float32,
                                               grid_thw [N, 3] int64, merge_sizes [N] int64, timestamps)
-    estimate_tokens(images=..., videos=..., max_visual_tokens=...)   exact counts, headers only
+    estimate_tokens(images=..., videos=..., max_visual_tokens=...)   exact counts, no decoding
                                           (with processor=/text=: text tokens and the total too)
     VideoLLaMA3Processor                   text + media -> transformers' VideoLlama3Processor dict
     ProcessingConfig                       every setting; .official() for the official resize rule

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import CorruptMediaError, DecodeTimeoutError, MediaError, UnsupportedCodecError
-from .video_file import VideoFile, VideoInfo, _packet_index
+from .video_file import VideoFile, VideoInfo, _packet_index, frame_timestamps
 
 
 class _Cancelled(Exception):
@@ -110,7 +110,9 @@ def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, sin
 
 
 def _decode_with_fallback(video: "VideoFile", threads, indices, sink, cancel, deadline, bar, seek):
-    index = _packet_index(video, lambda: _check_deadline(cancel, deadline)) if seek else ([], [])
+    if seek and video.index is None:
+        video.index = _packet_index(video, lambda: _check_deadline(cancel, deadline))
+    index = video.index if seek else ([], [])
     container, info = video.container, video.info
     stream = container.streams.video[0]
     stream.thread_type = "AUTO" if threads != 1 else "SLICE"
@@ -161,17 +163,8 @@ class _FrameSink:
         self._out_nchw[k:k + 1].copy_(self._resize(rgb_13HW, *self.size))
 
     def timestamps(self, indices: np.ndarray) -> list[float]:
-        """Seconds of each sampled frame from its own pts (relative to frame 0), as FFmpeg times frames.
-        When every one lies within half a frame of `index / fps` (a constant-rate file), `index / fps`
-        is returned instead: it is what transformers reports, so prompts stay token-identical to it."""
-        fps = self.info.fps
-        nominal = [float(i) / fps for i in indices]
-        if self.first_pts is None or self.time_base is None or any(p is None for p in self.pts):
-            return nominal
-        actual = [float((p - self.first_pts) * self.time_base) for p in self.pts]
-        if all(abs(a - n) <= 0.5 / fps for a, n in zip(actual, nominal)):
-            return nominal
-        return actual
+        """Seconds of each stored frame from its own pts (`video_file.frame_timestamps`)."""
+        return frame_timestamps(indices, self.info.fps, self.pts, self.first_pts, self.time_base)
 
 
 def _run_with_deadline(work, deadline: float | None, cancel: threading.Event, on_abandoned: VideoFile):

@@ -135,6 +135,19 @@ def _packet_index(video: "VideoFile", check_stop=None) -> tuple[list[int], list[
     return pts, sorted(position[p] for p in key_pts)
 
 
+def frame_timestamps(indices, fps: float, pts, first_pts, time_base) -> list[float]:
+    """Seconds of the frames `indices` (`pts`: theirs) from frame 0 (`first_pts`), as FFmpeg times frames.
+    When every one lies within half a frame of `index / fps` (a constant-rate file), `index / fps` is
+    returned instead: it is what transformers reports, so prompts stay token-identical to it."""
+    nominal = [float(i) / fps for i in indices]
+    if first_pts is None or time_base is None or any(p is None for p in pts):
+        return nominal
+    actual = [float((p - first_pts) * time_base) for p in pts]
+    if all(abs(a - n) <= 0.5 / fps for a, n in zip(actual, nominal)):
+        return nominal
+    return actual
+
+
 def _count_packets(video: "VideoFile") -> int:
     n = sum(1 for p in video.container.demux(video.container.streams.video[0]) if p.size)
     if n:
@@ -158,8 +171,9 @@ def _probe(video: "VideoFile") -> VideoInfo:
         )
     stream = _video_stream(video.container, path)
     total = int(stream.frames or 0)
-    if total == 0:  # no count in the header (e.g. some Matroska/WebM): count packets
-        total = _count_packets(video)
+    if total == 0:  # no count in the header (e.g. Matroska/WebM): count packets, keeping their index
+        video.index = _packet_index(video)
+        total = len(video.index[0]) or _count_packets(video)
     if total == 0:
         raise EmptyVideoError(f"{path!r}: its video stream has no frames")
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -187,11 +201,30 @@ class VideoFile:
         self.path, self.timeout = path, timeout
         self.container = _open_container(path, timeout)
         self.abandoned = False  # a timed-out decode still runs and closes the container itself
+        self.index = None  # `_packet_index`, once a pass has read it
         try:
             self.info = _probe(self)
         except BaseException:
             self.container.close()
             raise
+
+    def sampled_timestamps(self, indices) -> list[float]:
+        """The timestamps decoding will give the frames `indices`, without decoding: `index / fps` when the
+        header's index shows evenly spaced frames (MP4/MOV at a constant rate), else from the pts of a
+        demux-only pass (`frame_timestamps`; variable-rate files, and containers whose header lists no
+        frames, such as Matroska, which probing already demuxed to count)."""
+        stream = self.container.streams.video[0]
+        entries = stream.index_entries
+        if len(entries) == self.info.total_frames:
+            dts = [e.timestamp for e in entries]
+            if len({b - a for a, b in zip(dts, dts[1:])}) <= 1:
+                return [float(i) / self.info.fps for i in indices]
+        if self.index is None:
+            self.index = _packet_index(self)
+        pts = self.index[0]
+        if not pts or len(pts) <= int(indices[-1]):
+            return [float(i) / self.info.fps for i in indices]
+        return frame_timestamps(indices, self.info.fps, [pts[int(i)] for i in indices], pts[0], stream.time_base)
 
     def rewind(self) -> None:
         """Back to the start after a demux-only pass, so decoding starts at frame 0 as from a fresh open
