@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .errors import CorruptMediaError, DecodeTimeoutError, MediaError, UnsupportedCodecError
-from .video_file import VideoFile, VideoInfo, _packet_index
+from .video_file import VideoFile, VideoInfo, _packet_index, frame_timestamps
+
 
 class _Cancelled(Exception):
     pass
@@ -39,14 +40,20 @@ def _sparse_frames(container, stream, wanted_pts: set):
         yield from cc.decode(packet)
 
 
-def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, store,
+def _check_deadline(cancel: threading.Event, deadline: float | None) -> None:
+    if cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
+        raise _Cancelled()
+
+
+def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, sink: "_FrameSink",
                     cancel: threading.Event, deadline: float | None, bar, index) -> None:
-    """Decodes the frames `indices` (increasing), calling `store(k, frame)` for the k-th.
+    """Decodes the frames `indices` (increasing), calling `sink.store(k, frame)` for the k-th.
 
     index: `_packet_index` output, or ([], []) to decode sequentially and count frames."""
     import av
 
     pts, keyframes = index
+    sink.first_pts = pts[0] if pts else None
     if pts and len(pts) <= int(indices[-1]):
         raise CorruptMediaError(
             f"{info.path!r}: the header claims {info.total_frames} frames but the file holds {len(pts)} "
@@ -70,8 +77,7 @@ def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, sto
                 except av.error.FFmpegError:
                     can_seek = False  # not seekable: keep decoding forward
         while True:
-            if cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
-                raise _Cancelled()
+            _check_deadline(cancel, deadline)
             try:
                 frame = next(frames_iter)
             except StopIteration:
@@ -87,55 +93,78 @@ def _decode_sampled(container, stream, info: VideoInfo, indices: np.ndarray, sto
                 current = where
             else:
                 current += 1
+                if current == 0:
+                    sink.first_pts = frame.pts
             if current == target:
                 break
             if current > target:
                 raise CorruptMediaError(f"{info.path!r}: frame {target} was never output by the decoder")
-        if frame.height != info.height or frame.width != info.width:
+        if (frame.height, frame.width) != info.coded_size:
             raise CorruptMediaError(
                 f"{info.path!r}: frame {target} is {frame.height}x{frame.width}, the stream says "
-                f"{info.height}x{info.width} (size changes inside a video are not supported)"
+                "{}x{} (size changes inside a video are not supported)".format(*info.coded_size)
             )
-        store(k, frame)
+        sink.store(k, frame)
         if bar is not None:
             bar.update(1)
 
 
-def _decode_with_fallback(video: "VideoFile", threads, indices, store, cancel, deadline, bar, seek):
-    index = _packet_index(video) if seek else ([], [])
+def _decode_with_fallback(video: "VideoFile", threads, indices, sink, cancel, deadline, bar, seek):
+    if seek and video.index is None:
+        video.index = _packet_index(video, lambda: _check_deadline(cancel, deadline))
+    index = video.index if seek else ([], [])
     container, info = video.container, video.info
     stream = container.streams.video[0]
     stream.thread_type = "AUTO" if threads != 1 else "SLICE"
     stream.thread_count = threads
     try:
-        _decode_sampled(container, stream, info, indices, store, cancel, deadline, bar, index)
+        _decode_sampled(container, stream, info, indices, sink, cancel, deadline, bar, index)
     except _IndexMismatch:  # the packet index does not describe the decoded frames: count instead
         stream.codec_context.skip_frame = "DEFAULT"
         container.seek(0)
         if bar is not None:
             bar.reset()
-        _decode_sampled(container, stream, info, indices, store, cancel, deadline, bar, ([], []))
+        _decode_sampled(container, stream, info, indices, sink, cancel, deadline, bar, ([], []))
 
 
-def _frame_store(n: int, info: VideoInfo, resize_to):
+def as_displayed(rgb_HW3: np.ndarray, info: VideoInfo) -> np.ndarray:
+    """A decoded uint8 [H, W, 3] frame turned as the display matrix says (`VideoInfo.rotation` degrees
+    counterclockwise, then `flipped` top to bottom), a view; unchanged for unrotated videos."""
+    if info.rotation:
+        rgb_HW3 = np.rot90(rgb_HW3, info.rotation // 90)
+    return rgb_HW3[::-1] if info.flipped else rgb_HW3
+
+
+class _FrameSink:
     """The uint8 [n, H, W, 3] output array and `store(k, frame)`, which writes decoded frame k into it
-    (resized to `resize_to` as soon as it is decoded, when given)."""
-    if resize_to is None:
-        out = np.empty((n, info.height, info.width, 3), dtype=np.uint8)
+    (turned as displayed, then resized to `resize_to` as soon as it is decoded, when given), keeping each
+    frame's pts for its timestamp."""
 
-        def store(k, frame):
-            out[k] = frame.to_ndarray(format="rgb24")
-        return out, store
-    from .resize import resize_frames
+    def __init__(self, n: int, info: VideoInfo, resize_to, time_base):
+        self.info, self.time_base = info, time_base
+        self.pts: list = [None] * n
+        self.first_pts = None  # pts of frame 0, the origin of the timestamps (set by `_decode_sampled`)
+        self.size = (info.height, info.width) if resize_to is None else tuple(int(v) for v in resize_to)
+        self.out = np.empty((n, *self.size, 3), dtype=np.uint8)
+        self._resize = None
+        if resize_to is not None:
+            from .resize import resize_frames
 
-    rh, rw = (int(v) for v in resize_to)
-    out = np.empty((n, rh, rw, 3), dtype=np.uint8)
-    out_nchw = torch.from_numpy(out).permute(0, 3, 1, 2)
+            self._resize = resize_frames
+            self._out_nchw = torch.from_numpy(self.out).permute(0, 3, 1, 2)
 
-    def store(k, frame):
-        rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
-        out_nchw[k:k + 1].copy_(resize_frames(rgb, rh, rw))
-    return out, store
+    def store(self, k: int, frame) -> None:
+        rgb = as_displayed(frame.to_ndarray(format="rgb24"), self.info)
+        self.pts[k] = frame.pts
+        if self._resize is None:
+            self.out[k] = rgb
+            return
+        rgb_13HW = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        self._out_nchw[k:k + 1].copy_(self._resize(rgb_13HW, *self.size))
+
+    def timestamps(self, indices: np.ndarray) -> list[float]:
+        """Seconds of each stored frame from its own pts (`video_file.frame_timestamps`)."""
+        return frame_timestamps(indices, self.info.fps, self.pts, self.first_pts, self.time_base)
 
 
 def _run_with_deadline(work, deadline: float | None, cancel: threading.Event, on_abandoned: VideoFile):
@@ -156,6 +185,9 @@ def _run_with_deadline(work, deadline: float | None, cancel: threading.Event, on
                 state["finished"] = True
                 if on_abandoned.abandoned:  # the caller timed out and left the container to us
                     on_abandoned.container.close()
+                    # nobody will read the error: drop it now, as its traceback holds this frame and so
+                    # `state` (a reference cycle that kept the decoder and frames alive until a full GC)
+                    state["error"] = None
 
     worker = threading.Thread(target=run, name="vl3fast-decode", daemon=True)
     worker.start()
@@ -165,7 +197,7 @@ def _run_with_deadline(work, deadline: float | None, cancel: threading.Event, on
             on_abandoned.abandoned = True
             cancel.set()
             return _Cancelled()
-    return state["error"]
+    return state.pop("error")  # not kept in `state`: see above
 
 
 def _raise_decode_error(error, video: VideoFile, n: int) -> None:

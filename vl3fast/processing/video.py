@@ -7,6 +7,7 @@ ties them together (`load_video`, `decode_frames`) and holds the result type (`V
 """
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 import threading
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .decode import _decode_with_fallback, _frame_store, _raise_decode_error, _run_with_deadline
+from .decode import _decode_with_fallback, _FrameSink, _raise_decode_error, _run_with_deadline
 from .image import _check_file
 from .sampling import DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRAMES, sample_frame_indices
 from .video_file import DEFAULT_TIMEOUT_S, VideoFile, VideoInfo
@@ -31,7 +32,9 @@ class Video:
     """Sampled frames of one video.
 
     frames: uint8 [T, H, W, 3] RGB (numpy); indices: int64 [T], frame numbers in the file;
-    timestamps: seconds of each sampled frame (`index / fps`, as transformers' `VideoMetadata`).
+    timestamps: seconds of each sampled frame from frame 0: `index / fps` (as transformers'
+        `VideoMetadata`) for constant-rate files, the frames' own pts for variable-rate ones
+        (`decode._FrameSink.timestamps`). Frames are turned as the file's display matrix says.
     """
 
     frames: np.ndarray
@@ -57,10 +60,12 @@ class Video:
 
 
 def probe_video(path: str | os.PathLike, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> VideoInfo:
-    """Reads the header of a video (no decoding): frame count, frame rate, size and codec.
+    """Reads the header of a video (no decoding): frame count, frame rate, displayed size (after the
+    display matrix's rotation), codec and rotation.
 
-    Raises MediaNotFoundError, NotMediaError, CorruptMediaError, EmptyVideoError (no video stream or
-    no frames) and UnsupportedCodecError.
+    Raises MediaNotFoundError (also for directories and FIFOs), NotMediaError (ImageNotVideoError for a
+    still image), CorruptMediaError, EmptyVideoError (no video stream or no frames), UnsupportedCodecError
+    and MediaSizeError (a frame over the pixel cap, `image.max_image_pixels`).
     """
     with VideoFile(path, timeout=timeout) as video:
         return video.info
@@ -98,28 +103,36 @@ def load_video(
         `resize.resize_frames`), so full-size frames are never all held at once. The result is
         identical to resizing the full-size frames afterwards.
 
-    Returns a `Video` (frames uint8 [T, H, W, 3], indices, timestamps, info). Raises the
-    `vl3fast.processing.errors` exceptions: MediaNotFoundError, NotMediaError, CorruptMediaError,
-    EmptyVideoError, UnsupportedCodecError, DecodeTimeoutError.
+    Returns a `Video` (frames uint8 [T, H, W, 3] as displayed, indices, timestamps, info). Raises the
+    `vl3fast.processing.errors` exceptions of `probe_video` and DecodeTimeoutError; ValueError / TypeError
+    naming the argument for sampling settings or `resize_to` out of range.
     """
     path = _check_file(path)
-    _check_decode_settings(threads, timeout)
+    _check_decode_settings(threads, timeout, resize_to)
     deadline = None if timeout is None else time.monotonic() + timeout
     with VideoFile(path, timeout=timeout) as video:
         if indices is None:
-            idx = sample_frame_indices(video.info.total_frames, video.info.fps, fps=None if num_frames else fps,
-                                       num_frames=num_frames, min_frames=min_frames, max_frames=max_frames)
+            idx = sample_frame_indices(video.info.total_frames, video.info.fps,
+                                       fps=None if num_frames is not None else fps, num_frames=num_frames,
+                                       min_frames=min_frames, max_frames=max_frames)
         else:
             idx = _checked_indices(indices, video.info)
         return decode_frames(video, idx, threads=threads, deadline=deadline, progress=progress, seek=seek,
                              resize_to=resize_to)
 
 
-def _check_decode_settings(threads, timeout) -> None:
+def _check_decode_settings(threads, timeout=None, resize_to=None) -> None:
     if not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads must be an int >= 0, got {threads!r}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+    if resize_to is not None:
+        valid = (isinstance(resize_to, (tuple, list)) and len(resize_to) == 2
+                 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in resize_to))
+        if not valid:
+            raise TypeError(f"resize_to must be None or (height, width) ints, got {resize_to!r}")
+        if min(resize_to) < 1:
+            raise ValueError(f"resize_to must be (height, width) of at least 1 pixel each, got {tuple(resize_to)!r}")
 
 
 def _checked_indices(indices, info: VideoInfo) -> np.ndarray:
@@ -133,18 +146,19 @@ def decode_frames(video: VideoFile, idx: np.ndarray, *, threads: int = 0, deadli
                   progress: bool | None = None, seek: bool = True, resize_to: tuple[int, int] | None = None) -> Video:
     """The frames `idx` (increasing) of an opened `VideoFile`, decoded by a worker thread that must finish
     by `deadline` (time.monotonic() seconds; None: no limit).  See `load_video` for the other settings."""
-    out, store = _frame_store(len(idx), video.info, resize_to)
+    _check_decode_settings(threads, resize_to=resize_to)
+    sink = _FrameSink(len(idx), video.info, resize_to, video.container.streams.video[0].time_base)
     bar = _progress_bar(progress, len(idx), video.path)
     cancel = threading.Event()
     try:
         error = _run_with_deadline(
-            lambda: _decode_with_fallback(video, threads, idx, store, cancel, deadline, bar, seek),
+            lambda: _decode_with_fallback(video, threads, idx, sink, cancel, deadline, bar, seek),
             deadline, cancel, on_abandoned=video)
     finally:
         if bar is not None:
             bar.close()
     _raise_decode_error(error, video, len(idx))
-    return Video(frames=out, indices=idx, info=video.info)
+    return Video(frames=sink.out, indices=idx, info=video.info, timestamps=sink.timestamps(idx))
 
 
 def _progress_bar(progress: bool | None, n: int, path: str):

@@ -8,8 +8,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from .errors import CorruptMediaError, DecodeTimeoutError, EmptyVideoError, NotMediaError, UnsupportedCodecError
-from .image import _check_file
+from .errors import (
+    CorruptMediaError, DecodeTimeoutError, EmptyVideoError, ImageNotVideoError, NotMediaError, UnsupportedCodecError,
+)
+from .image import _check_file, _check_pixels
+from .mp4_header import display_matrix, orientation, top_level_boxes
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -28,18 +31,25 @@ class VideoInfo:
     """What the container header says (no decoding): the numbers frame sampling is computed from.
     `total_frames` and `fps` are read exactly as transformers' PyAV loader reads them
     (`stream.frames`, `stream.average_rate`); `total_frames` is counted from packets if the header
-    has no count."""
+    has no count. `height` x `width` is the size as displayed: the coded size turned by `rotation`."""
 
     path: str
     total_frames: int
     fps: float
-    height: int
+    height: int  # as displayed: after `rotation`
     width: int
     codec: str
+    rotation: int = 0  # degrees counterclockwise (0, 90, 180, 270) the display matrix turns the coded frames
+    flipped: bool = False  # then mirrored top to bottom (see `mp4_header.orientation`)
 
     @property
     def duration(self) -> float:
         return self.total_frames / self.fps
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(height, width) of the frames the decoder outputs, before the display rotation."""
+        return (self.width, self.height) if self.rotation in (90, 270) else (self.height, self.width)
 
 
 def _looks_like_container(path: str) -> bool:
@@ -73,33 +83,10 @@ def _open_container(path: str, timeout: float | None):
         raise NotMediaError(f"{path!r} is not a video file FFmpeg can read: {e}") from e
 
 
-def _mp4_top_level_boxes(path: str) -> list[bytes] | None:
-    """Types of the top-level boxes of an ISO-BMFF (MP4/MOV) file, None if it is not one."""
-    boxes = []
-    size_total = os.path.getsize(path)
-    with open(path, "rb") as f:
-        offset = 0
-        while offset + 8 <= size_total and len(boxes) < 10000:
-            f.seek(offset)
-            header = f.read(16)
-            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
-            if not boxes and kind != b"ftyp":
-                return None
-            boxes.append(kind)
-            if size == 1 and len(header) == 16:
-                size = int.from_bytes(header[8:16], "big")
-            elif size == 0:
-                break
-            if size < 8:
-                break
-            offset += size
-    return boxes
-
-
 def _video_stream(container, path: str):
     if not container.streams.video:
         if len(container.streams) == 0:
-            boxes = _mp4_top_level_boxes(path)
+            boxes = top_level_boxes(path)
             if boxes is not None and b"moov" not in boxes:
                 raise CorruptMediaError(
                     f"{path!r} has no 'moov' index box: the MP4 is truncated or was not finalized"
@@ -116,15 +103,18 @@ def _video_stream(container, path: str):
     return stream
 
 
-def _packet_index(video: "VideoFile") -> tuple[list[int], list[int]]:
+def _packet_index(video: "VideoFile", check_stop=None) -> tuple[list[int], list[int]]:
     """(pts of every frame in presentation order, presentation positions of the keyframes), read by
     demuxing only; the file is rewound to its start afterwards. Empty when frames lack a pts or the
-    demuxer fails: the caller then decodes sequentially (always correct)."""
+    demuxer fails: the caller then decodes sequentially (always correct).  `check_stop()` runs every
+    256 packets and may raise to abandon the pass (a decode past its deadline)."""
     import av
 
     pts, key_pts = [], []
     try:
-        for packet in video.container.demux(video.container.streams.video[0]):
+        for n, packet in enumerate(video.container.demux(video.container.streams.video[0])):
+            if check_stop is not None and n % 256 == 0:
+                check_stop()
             if packet.size == 0:
                 continue  # the flush packet at the end
             if packet.pts is None:
@@ -145,6 +135,19 @@ def _packet_index(video: "VideoFile") -> tuple[list[int], list[int]]:
     return pts, sorted(position[p] for p in key_pts)
 
 
+def frame_timestamps(indices, fps: float, pts, first_pts, time_base) -> list[float]:
+    """Seconds of the frames `indices` (`pts`: theirs) from frame 0 (`first_pts`), as FFmpeg times frames.
+    When every one lies within half a frame of `index / fps` (a constant-rate file), `index / fps` is
+    returned instead: it is what transformers reports, so prompts stay token-identical to it."""
+    nominal = [float(i) / fps for i in indices]
+    if first_pts is None or time_base is None or any(p is None for p in pts):
+        return nominal
+    actual = [float((p - first_pts) * time_base) for p in pts]
+    if all(abs(a - n) <= 0.5 / fps for a, n in zip(actual, nominal)):
+        return nominal
+    return actual
+
+
 def _count_packets(video: "VideoFile") -> int:
     n = sum(1 for p in video.container.demux(video.container.streams.video[0]) if p.size)
     if n:
@@ -152,20 +155,40 @@ def _count_packets(video: "VideoFile") -> int:
     return n
 
 
+# FFmpeg's single-image demuxers (`image2` and the `*_pipe` family: png_pipe, jpeg_pipe, webp_pipe...); an
+# animated GIF / APNG has its own demuxer and is a video.
+def _is_still_image(container) -> bool:
+    names = container.format.name.split(",")
+    return any(n == "image2" or n.endswith("_pipe") for n in names)
+
+
 def _probe(video: "VideoFile") -> VideoInfo:
     path = video.path
+    if _is_still_image(video.container):
+        raise ImageNotVideoError(
+            f"{path!r} is a still image ({video.container.format.name}), not a video: pass it as an image "
+            "(images=..., load_image, preprocess_images)"
+        )
     stream = _video_stream(video.container, path)
     total = int(stream.frames or 0)
-    if total == 0:  # no count in the header (e.g. some Matroska/WebM): count packets
-        total = _count_packets(video)
+    if total == 0:  # no count in the header (e.g. Matroska/WebM): count packets, keeping their index
+        video.index = _packet_index(video)
+        total = len(video.index[0]) or _count_packets(video)
     if total == 0:
         raise EmptyVideoError(f"{path!r}: its video stream has no frames")
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate:
         raise CorruptMediaError(f"{path!r}: the video stream has no frame rate")
     cc = stream.codec_context
-    return VideoInfo(path=path, total_frames=total, fps=float(rate), height=int(cc.height),
-                     width=int(cc.width), codec=cc.name)
+    height, width = int(cc.height), int(cc.width)
+    if height < 1 or width < 1:
+        raise CorruptMediaError(f"{path!r}: the video stream header gives no frame size ({height}x{width})")
+    _check_pixels(path, width, height, None)  # the image decode cap, per frame
+    quarter_turns, flipped = orientation(display_matrix(path))
+    if quarter_turns % 2:
+        height, width = width, height
+    return VideoInfo(path=path, total_frames=total, fps=float(rate), height=height, width=width, codec=cc.name,
+                     rotation=90 * quarter_turns, flipped=flipped)
 
 
 class VideoFile:
@@ -178,11 +201,30 @@ class VideoFile:
         self.path, self.timeout = path, timeout
         self.container = _open_container(path, timeout)
         self.abandoned = False  # a timed-out decode still runs and closes the container itself
+        self.index = None  # `_packet_index`, once a pass has read it
         try:
             self.info = _probe(self)
         except BaseException:
             self.container.close()
             raise
+
+    def sampled_timestamps(self, indices) -> list[float]:
+        """The timestamps decoding will give the frames `indices`, without decoding: `index / fps` when the
+        header's index shows evenly spaced frames (MP4/MOV at a constant rate), else from the pts of a
+        demux-only pass (`frame_timestamps`; variable-rate files, and containers whose header lists no
+        frames, such as Matroska, which probing already demuxed to count)."""
+        stream = self.container.streams.video[0]
+        entries = stream.index_entries
+        if len(entries) == self.info.total_frames:
+            dts = [e.timestamp for e in entries]
+            if len({b - a for a, b in zip(dts, dts[1:])}) <= 1:
+                return [float(i) / self.info.fps for i in indices]
+        if self.index is None:
+            self.index = _packet_index(self)
+        pts = self.index[0]
+        if not pts or len(pts) <= int(indices[-1]):
+            return [float(i) / self.info.fps for i in indices]
+        return frame_timestamps(indices, self.info.fps, [pts[int(i)] for i in indices], pts[0], stream.time_base)
 
     def rewind(self) -> None:
         """Back to the start after a demux-only pass, so decoding starts at frame 0 as from a fresh open
