@@ -73,16 +73,23 @@ void check_workspace(const AttentionParams& p, int64_t needed) {
                                 " < " + std::to_string(needed) + " bytes)");
 }
 
-AttnDevArgs tc_dev_args(const AttentionParams& p, bool backward) {
-  const attn_tc::Workspace w = attn_tc::workspace_layout(p.num_tokens, p.num_segments, p.num_heads, p.head_dim,
-                                                         backward);
-  check_workspace(p, w.total);
+// The regions both kernels' workspaces start with (attn_tc::WorkspaceHead), after the size check.
+AttnDevArgs head_dev_args(const AttentionParams& p, const attn_tc::WorkspaceHead& w, int64_t total) {
+  check_workspace(p, total);
   auto* base = static_cast<unsigned char*>(p.workspace);
   AttnDevArgs a;
   a.p = p;
   a.status = reinterpret_cast<int32_t*>(base + w.status);
   a.block_start = reinterpret_cast<const int32_t*>(base + w.block_start);
   a.cos_sin = reinterpret_cast<float2*>(base + w.cos_sin);
+  return a;
+}
+
+AttnDevArgs tc_dev_args(const AttentionParams& p, bool backward) {
+  const attn_tc::Workspace w = attn_tc::workspace_layout(p.num_tokens, p.num_segments, p.num_heads, p.head_dim,
+                                                         backward);
+  AttnDevArgs a = head_dev_args(p, w, w.total);
+  auto* base = static_cast<unsigned char*>(p.workspace);
   a.k_rot = base + w.k_rot;
   if (backward) {
     a.q_rot = base + w.q_rot;
@@ -95,14 +102,8 @@ AttnDevArgs tc_dev_args(const AttentionParams& p, bool backward) {
 AttnDevArgs simple_dev_args(const AttentionParams& p, bool backward) {
   const attn_simple::Workspace w =
       attn_simple::workspace_layout(p.num_tokens, p.num_segments, p.num_heads, p.head_dim, backward);
-  check_workspace(p, w.total);
-  auto* base = static_cast<unsigned char*>(p.workspace);
-  AttnDevArgs a;
-  a.p = p;
-  a.status = reinterpret_cast<int32_t*>(base + w.status);
-  a.block_start = reinterpret_cast<const int32_t*>(base + w.block_start);
-  a.cos_sin = reinterpret_cast<float2*>(base + w.cos_sin);
-  if (backward) a.delta = reinterpret_cast<float*>(base + w.delta);
+  AttnDevArgs a = head_dev_args(p, w, w.total);
+  if (backward) a.delta = reinterpret_cast<float*>(static_cast<unsigned char*>(p.workspace) + w.delta);
   return a;
 }
 

@@ -182,6 +182,15 @@ __device__ void load_stats(float* lse_s, float* delta_s, const AttnDevArgs& a, i
   }
 }
 
+// The shared memory of both backward passes (bwd_smem_bytes), carved the same way: fp32 [16 x D] tiles of
+// k, v, q and dout, the [16 x 16] P and dS tiles ([query][key]), then lse and delta of the 16 queries.
+struct BwdTiles {
+  float *k, *v, *q, *dout, *p, *ds, *lse, *delta;
+  __device__ BwdTiles(float* smem, int D)
+      : k(smem), v(k + kBlock * D), q(v + kBlock * D), dout(q + kBlock * D), p(dout + kBlock * D),
+        ds(p + kBlock * kBlock), lse(ds + kBlock * kBlock), delta(lse + kBlock) {}
+};
+
 // dK and dV, one CTA per (16-key block, head), walking the segment's query tiles.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) simple_dkdv_kernel(const AttnDevArgs a) {
@@ -193,14 +202,9 @@ __global__ void __launch_bounds__(kThreads) simple_dkdv_kernel(const AttnDevArgs
   }
   const int D = p.head_dim, h = blockIdx.y, tid = threadIdx.x;
   extern __shared__ float smem[];
-  float* k_s = smem;
-  float* v_s = k_s + kBlock * D;
-  float* q_s = v_s + kBlock * D;
-  float* do_s = q_s + kBlock * D;
-  float* p_s = do_s + kBlock * D;  // [query][key]
-  float* ds_s = p_s + kBlock * kBlock;
-  float* lse_s = ds_s + kBlock * kBlock;
-  float* delta_s = lse_s + kBlock;
+  const BwdTiles tiles(smem, D);
+  float *k_s = tiles.k, *v_s = tiles.v, *q_s = tiles.q, *do_s = tiles.dout, *p_s = tiles.p, *ds_s = tiles.ds,
+        *lse_s = tiles.lse, *delta_s = tiles.delta;
 
   for (int w = blockIdx.x;; w += gridDim.x) {  // int32: block_start is int32
     const WorkItem it = decode_work_item(a.block_start, p.cu_seqlens, p.num_segments, p.num_tokens, kBlock, w);
@@ -262,14 +266,9 @@ __global__ void __launch_bounds__(kThreads) simple_dq_kernel(const AttnDevArgs a
   }
   const int D = p.head_dim, h = blockIdx.y, tid = threadIdx.x;
   extern __shared__ float smem[];
-  float* k_s = smem;
-  float* v_s = k_s + kBlock * D;
-  float* q_s = v_s + kBlock * D;
-  float* do_s = q_s + kBlock * D;
-  float* p_s = do_s + kBlock * D;
-  float* ds_s = p_s + kBlock * kBlock;
-  float* lse_s = ds_s + kBlock * kBlock;
-  float* delta_s = lse_s + kBlock;
+  const BwdTiles tiles(smem, D);
+  float *k_s = tiles.k, *v_s = tiles.v, *q_s = tiles.q, *do_s = tiles.dout, *p_s = tiles.p, *ds_s = tiles.ds,
+        *lse_s = tiles.lse, *delta_s = tiles.delta;
 
   for (int w = blockIdx.x;; w += gridDim.x) {  // int32: block_start is int32
     const WorkItem it = decode_work_item(a.block_start, p.cu_seqlens, p.num_segments, p.num_tokens, kBlock, w);
