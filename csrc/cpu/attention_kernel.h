@@ -1,8 +1,9 @@
 // Packed 2D-RoPE attention, forward and backward, flash-style (compiled once per ISA level; see isa.h).
 //
-// Forward, per work item (segment, head, 256-query block): rotate and scale the query tile once, then
-// for each 64-key tile of the segment rotate K into a transposed tile, S = Q K^T, online softmax
-// (running max m and sum l per row), O += P V.  Writes out = O / l and lse = m + log(l).  Memory is
+// Forward, per work item (segment, head, 256-query block): rotate and scale the query tile once (as Q^T,
+// queries along the vector lanes), then for each 64-key tile of the segment rotate K, S^T = K Q^T, online
+// softmax down the columns (running max m and sum l per query), O^T += V^T P^T.  Writes out = O / l and
+// lse = m + log(l).  Memory is
 // O(T*D) for the cos/sin table plus per-thread tiles: never O(L^2).
 //
 // RoPE: cos/sin of every token's D/2 angles are computed once per call from pos_hw and inv_freq (fp32
@@ -19,7 +20,7 @@
 // are gradients with respect to the un-rotated inputs.
 //
 // All products are small fp32 GEMMs C[M x N] (+)= A[M x K] B[K x N] with N contiguous, computed by the
-// register-blocked micro-kernel of vec_math.h.
+// register-blocked micro-kernels of vec_math.h (gemm: backward; bcast_gemm: forward).
 //
 // Included by csrc/cpu/kernels/ only (compiled once per ISA level; everything is in the ISA's namespace).
 #pragma once
@@ -203,75 +204,87 @@ struct Attention {
   }
 
   // ---------------------------------------------------------------------------------------------- forward
+  // Queries along the vector lanes: Q^T [D x 256] (rotated, scaled) is built once per work item, and per
+  // 64-key tile S^T = K Q^T [nk x 256] and O^T += V^T P^T [D x 256] run on bcast_gemm (vec_math.h), which
+  // broadcasts K's and V's elements from their row-major tiles, so no tile of K or V is transposed.  The
+  // online softmax then works down the columns of S^T: each lane is one query, so its max and sum are
+  // vertical vector operations (no horizontal reduction, no scalar work per query), the row max comes out
+  // of the q.k^T register blocks (kColMax), and the rescale of O by exp(m_old - m_new) is folded into the
+  // accumulator load of the p.v product.  Keys are the contraction of p.v and the rows of S^T, so a partial
+  // tile computes only its nk keys and D = 72 costs 72 columns, not a padded 80.  The running max m is kept
+  // in log2 units (m * log2 e, rounded once per tile) and every exponent uses that same value, so its
+  // rounding cancels between the weights and the sum l.
   void forward_item(int64_t item, float* w) const {
     const ItemRows rows = item_rows(item, BQF);
     const int h = rows.head;
     const int64_t start = rows.seg_start, len = rows.seg_len;
     const int64_t q0 = rows.first;
     const int nq = rows.count;
-    const int mq = round_up(nq, 4);
+    const int nq16 = round_up(nq, VW);  // lanes computed: queries nq.. of the last chunk are zero columns
 
-    float* q = w;                 // [256 x Dp]
-    float* kt = q + BQF * Dp;     // [Dp x 64] (D rows used)
-    float* vt = kt + Dp * BK;     // [64 x Dp]
-    float* o = vt + BK * Dp;      // [256 x Dp]
-    float* s = o + BQF * Dp;      // [256 x 64]
-    float* m = s + BQF * BK;      // [256]
-    float* l = m + BQF;           // [256]
-    float* tmp = l + BQF;         // [Dp]
+    float* qt = w;                // [D x 256]: Q^T
+    float* ot = qt + D * BQF;     // [D x 256]: O^T
+    float* kr = ot + D * BQF;     // [64 x Dp]: rotated K rows
+    float* vr = kr + BK * Dp;     // [64 x Dp]: V rows
+    float* st = vr + BK * Dp;     // [64 x 256]: S^T, then P^T in place
+    float* m = st + BK * BQF;     // [256]: running max, log2 units
+    float* l = m + BQF;           // [256]: running sum
+    float* cm = l + BQF;          // [256]: the tile's column max, then exp(m_old - m_new)
+    float* tmp = cm + BQF;        // [Dp]
     float* tmp2 = tmp + Dp;       // [Dp]
 
     const T* qx = static_cast<const T*>(p.q);
     const T* kx = static_cast<const T*>(p.k);
     const T* vx = static_cast<const T*>(p.v);
-    load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, mq, true, p.scale, q, tmp);
-    for (int i = 0; i < mq; ++i) {
-      m[i] = -INFINITY;
-      l[i] = 0.0f;
+    for (int i = 0; i < nq16; ++i) {
+      if (i < nq) {
+        load_row(qx + (q0 + i) * p.q_stride_token + h * p.q_stride_head, tmp);
+        rotate_row(tmp, q0 + i, 1.0f, p.scale, tmp2);
+        for (int d = 0; d < D; ++d) qt[d * BQF + i] = tmp2[d];
+      } else {
+        for (int d = 0; d < D; ++d) qt[d * BQF + i] = 0.0f;
+      }
     }
-    std::memset(o, 0, sizeof(float) * mq * Dp);
 
+    const vnat log2e = vnat{} + 1.44269504088896341f;
     for (int64_t k0 = start; k0 < start + len; k0 += BK) {
       const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
-      load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, nullptr, tmp, tmp2);
-      load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vt, tmp);
+      const bool first = k0 == start;
+      load_tile(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, nk, true, 1.0f, kr, tmp);
+      load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vr, tmp);
       prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
       prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
-      const int nk16 = round_up(nk, VW);
-      gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
-      for (int i = 0; i < nq; ++i) {
-        // Whole-vector row max and sum with one tree reduction each: a scalar horizontal reduction
-        // per row (what `omp simd reduction` compiles to without -ffast-math) is a 16-deep add chain.
-        float* si = s + i * kLdS;
-        for (int j = nk; j < nk16; ++j) si[j] = -INFINITY;  // padded keys: exp gives ~0, not counted
-        vnat vmax = vload(si);
-        for (int j = kLanes; j < nk16; j += kLanes) vmax = vmaximum(vmax, vload(si + j));
-        const float row_max = hmax(vmax);
-        const float mx = row_max > m[i] ? row_max : m[i];
-        const float alpha = exp_nonpositive(m[i] - mx);  // m[i] = -inf on the first tile: alpha ~ 0
-        const vnat vmx = vbroadcast(&mx);
-        vnat vsum = vnat{};
-        for (int j = 0; j < nk16; j += kLanes) {
-          const vnat e = vexp_nonpositive(vload(si + j) - vmx);
-          vstore(si + j, e);
-          vsum += e;
-        }
-        m[i] = mx;
-        l[i] = l[i] * alpha + hsum(vsum);
-        float* oi = o + i * Dp;
-#pragma omp simd
-        for (int d = 0; d < Dp; ++d) oi[d] *= alpha;
+
+      for (int i = 0; i < nq16; i += kLanes) vstore(cm + i, vnat{} - INFINITY);
+      bcast_gemm<BcastEpilogue::kColMax>(kr, Dp, 1, qt, BQF, st, BQF, nk, nq16, D, nullptr, cm);
+      for (int i = 0; i < nq16; i += kLanes) {  // m_new = max(m_old, tile max); cm <- exp(m_old - m_new)
+        const vnat tile_max = vload(cm + i) * log2e;
+        const vnat m_old = vload(m + i);
+        const vnat m_new = first ? tile_max : vmaximum(m_old, tile_max);
+        vstore(m + i, m_new);
+        vstore(cm + i, first ? vnat{} : vexp2_nonpositive(m_old - m_new));
       }
-      gemm(s, kLdS, vt, Dp, o, Dp, mq, Dp, nk, true);
+      for (int i = 0; i < nq16; i += kLanes) {  // P = 2^(S log2 e - m) down each column; l = l * alpha + sum
+        const vnat mi = vload(m + i);
+        vnat sum = vnat{};
+        float* sj = st + i;
+        for (int j = 0; j < nk; ++j, sj += BQF) {
+          const vnat e = vexp2_nonpositive(vload(sj) * log2e - mi);
+          vstore(sj, e);
+          sum += e;
+        }
+        vstore(l + i, first ? sum : vload(l + i) * vload(cm + i) + sum);
+      }
+      // O^T = O^T * alpha + V^T P^T: V's element (d, j) is vr[j * Dp + d].
+      bcast_gemm<BcastEpilogue::kPlain>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk, first ? nullptr : cm, nullptr);
     }
 
     T* out = static_cast<T*>(p.out);
     for (int i = 0; i < nq; ++i) {
       const float inv = 1.0f / l[i];
       T* dst = out + (q0 + i) * p.out_stride_token + h * p.out_stride_head;
-      const float* oi = o + i * Dp;
-      for (int d = 0; d < D; ++d) dst[d] = from_float<T>(oi[d] * inv);
-      p.lse[h * NT + q0 + i] = m[i] + std::log(l[i]);
+      for (int d = 0; d < D; ++d) dst[d] = from_float<T>(ot[d * BQF + i] * inv);
+      p.lse[h * NT + q0 + i] = m[i] * 0.693147180559945309f + std::log(l[i]);
     }
   }
 

@@ -160,4 +160,135 @@ static inline float hsum(vnat v) {
   return a[0];
 }
 
+// ------------------------------------------------------------------ broadcast-A GEMM (flash forward)
+// C[M x N] = A[M x K] B[K x N] (+ C, its columns scaled), for the forward with queries along the vector lanes
+// (attention_kernel.h).  A is only ever broadcast, one element at a time, so it may have any layout: element
+// (r, k) is A[r * lda + k * ldk] (a row-major K tile, or V read as V^T without a transpose).  B and C are
+// row-major, N a multiple of kGemmChunk.  Register block: kBcastRows rows x kBcastChunks chunks of 16 floats.
+#if defined(__AVX512F__)
+constexpr int kBcastRows = 6;    // 6 x 4 zmm = 24 accumulators + 4 B vectors + 1 broadcast of 32 registers
+constexpr int kBcastChunks = 4;
+#elif defined(__AVX2__)
+constexpr int kBcastRows = 6;    // 6 x 2 ymm = 12 accumulators + 2 B vectors + 1 broadcast of 16 registers
+constexpr int kBcastChunks = 1;
+#else
+constexpr int kBcastRows = 2;    // 2 x 4 xmm = 8 accumulators + 4 B vectors + 1 broadcast of 16 registers
+constexpr int kBcastChunks = 1;
+#endif
+
+// What the block does besides C = A B: kPlain (C = A B, or C * colscale + A B with colscale), kColMax
+// (C = A B, and colmax[n] = max(colmax[n], max over the block's rows of C[., n])).
+enum class BcastEpilogue { kPlain, kColMax };
+
+template <int RI, int NV, BcastEpilogue kEpi>
+static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc,
+                                int K, const float* colscale, float* colmax) {
+  constexpr int NN = NV * kGemmChunk / kLanes;
+  vnat c[RI][NN];
+  if (colscale != nullptr) {
+    for (int n = 0; n < NN; ++n) {
+      const vnat s = vload(colscale + n * kLanes);
+      for (int r = 0; r < RI; ++r) c[r][n] = vload(C + r * ldc + n * kLanes) * s;
+    }
+  } else {
+    for (int r = 0; r < RI; ++r)
+      for (int n = 0; n < NN; ++n) c[r][n] = vnat{};
+  }
+  const float* a = A;
+  const float* b_row = B;
+  for (int kk = 0; kk < K; ++kk, a += ldk, b_row += ldb) {
+    vnat b[NN];
+    for (int n = 0; n < NN; ++n) b[n] = vload(b_row + n * kLanes);
+    for (int r = 0; r < RI; ++r) {
+      const vnat ar = vbroadcast(a + r * lda);
+      for (int n = 0; n < NN; ++n) c[r][n] += ar * b[n];
+    }
+  }
+  for (int r = 0; r < RI; ++r)
+    for (int n = 0; n < NN; ++n) vstore(C + r * ldc + n * kLanes, c[r][n]);
+  if constexpr (kEpi == BcastEpilogue::kColMax) {
+    for (int n = 0; n < NN; ++n) {
+      vnat mx = vload(colmax + n * kLanes);
+      for (int r = 0; r < RI; ++r) mx = vmaximum(mx, c[r][n]);
+      vstore(colmax + n * kLanes, mx);
+    }
+  }
+}
+
+// The rows of one column panel: whole register blocks, then the remaining M % kBcastRows rows in one block.
+template <int NV, BcastEpilogue kEpi, int R = kBcastRows - 1>
+static inline void bcast_tail(int rows, const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C,
+                              int ldc, int K, const float* colscale, float* colmax) {
+  if constexpr (R > 0) {
+    if (rows == R) return bcast_kernel<R, NV, kEpi>(A, lda, ldk, B, ldb, C, ldc, K, colscale, colmax);
+    bcast_tail<NV, kEpi, R - 1>(rows, A, lda, ldk, B, ldb, C, ldc, K, colscale, colmax);
+  }
+}
+
+template <int NV, BcastEpilogue kEpi>
+static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
+                        int K, const float* colscale, float* colmax) {
+  int m = 0;
+  for (; m + kBcastRows <= M; m += kBcastRows)
+    bcast_kernel<kBcastRows, NV, kEpi>(A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, colscale, colmax);
+  if (m < M) bcast_tail<NV, kEpi>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, colscale, colmax);
+}
+
+// C[M x N] = A B (colscale == nullptr) or C * colscale + A B; with kColMax also the running column max.
+// Column panels outer, rows inner: one panel of B (K x 16 * kBcastChunks) stays in L1 while A streams.
+template <BcastEpilogue kEpi>
+static void bcast_gemm(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
+                       int N, int K, const float* colscale, float* colmax) {
+  for (int n0 = 0; n0 < N; n0 += kBcastChunks * kGemmChunk) {
+    const int nv = (N - n0) / kGemmChunk < kBcastChunks ? (N - n0) / kGemmChunk : kBcastChunks;
+    const float* cs = colscale != nullptr ? colscale + n0 : nullptr;
+    float* cm = colmax != nullptr ? colmax + n0 : nullptr;
+    switch (nv) {
+      case 1: bcast_panel<1, kEpi>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, cs, cm); break;
+#if defined(__AVX512F__)
+      case 2: bcast_panel<2, kEpi>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, cs, cm); break;
+      case 3: bcast_panel<3, kEpi>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, cs, cm); break;
+      default: bcast_panel<4, kEpi>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, cs, cm); break;
+#else
+      default: break;
+#endif
+    }
+  }
+}
+static_assert(kBcastChunks == 1 || kBcastChunks == 4, "bcast_gemm's panel switch");
+
+// 2^t for t <= 0 (softmax arguments in log2 units, after subtracting the running max), vectorized; NaN stays
+// NaN.  2^n * 2^f, n = round(t), |f| <= 1/2, 2^f by its degree-7 Taylor series in f*ln2: relative error
+// ~1e-8 before rounding (the existing exp_nonpositive is degree 6, ~2e-7).  Below -126 the result is 2^-126 * 2^f
+// (~1e-38, i.e. 0 for a softmax weight).  AVX-512: vrndscaleps / vscalefps; else the exponent bits directly.
+static inline vnat vexp2_nonpositive(vnat t) {
+#if defined(__AVX512F__)
+  const __m512 x = _mm512_max_ps(_mm512_set1_ps(-126.0f), (__m512)t);  // NaN t: max_ps returns t
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vnat f = (vnat)x - (vnat)n;
+#else
+  const vnat lo = vnat{} - 126.0f;
+  const vnat x = t < lo ? lo : t;  // NaN t: the comparison is false, x = t
+  const vnat n = (x + 12582912.0f) - 12582912.0f;  // round to nearest
+  const vnat f = x - n;
+#endif
+  vnat p = vnat{} + 1.5252733804059841e-05f;  // ln2^k / k!, k = 7 .. 0
+  p = p * f + 1.5403530393381609e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.6181291076284772e-03f;
+  p = p * f + 5.5504108664821580e-02f;
+  p = p * f + 2.4022650695910071e-01f;
+  p = p * f + 6.9314718055994531e-01f;
+  p = p * f + 1.0f;
+#if defined(__AVX512F__)
+  return (vnat)_mm512_scalef_ps((__m512)p, n);
+#else
+  typedef int32_t vint __attribute__((vector_size(sizeof(vnat))));
+  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
+  vnat scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+#endif
+}
+
 }  // namespace vl3fast::cpu::VL3FAST_ISA_NS
