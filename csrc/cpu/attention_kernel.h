@@ -56,6 +56,7 @@ struct Attention {
   const int64_t* offsets;  // work items before each segment
   const float* cos_sin;    // [T, D]
   float* delta;            // [H, T]
+  float* dq_accum;         // [H, T, Dp] (fused backward)
   char* thread_base;
   int64_t thread_bytes;
 
@@ -68,6 +69,7 @@ struct Attention {
     offsets = reinterpret_cast<int64_t*>(base + w.offsets);
     cos_sin = reinterpret_cast<float*>(base + w.cos_sin);
     delta = reinterpret_cast<float*>(base + w.delta);
+    dq_accum = reinterpret_cast<float*>(base + w.dq_accum);
     thread_base = base + w.per_thread;
     thread_bytes = w.thread_bytes;
   }
@@ -209,7 +211,7 @@ struct Attention {
   // broadcasts K's and V's elements from their row-major tiles, so no tile of K or V is transposed.  The
   // online softmax then works down the columns of S^T: each lane is one query, so its max and sum are
   // vertical vector operations (no horizontal reduction, no scalar work per query), the row max comes out
-  // of the q.k^T register blocks (kColMax), and the rescale of O by exp(m_old - m_new) is folded into the
+  // of the q.k^T register blocks (kStoreColMax), and the rescale of O by exp(m_old - m_new) is folded into the
   // accumulator load of the p.v product.  Keys are the contraction of p.v and the rows of S^T, so a partial
   // tile computes only its nk keys and D = 72 costs 72 columns, not a padded 80.  The running max m is kept
   // in log2 units (m * log2 e, rounded once per tile) and every exponent uses that same value, so its
@@ -256,7 +258,7 @@ struct Attention {
       prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
 
       for (int i = 0; i < nq16; i += kLanes) vstore(cm + i, vnat{} - INFINITY);
-      bcast_gemm<BcastEpilogue::kColMax>(kr, Dp, 1, qt, BQF, st, BQF, nk, nq16, D, nullptr, cm);
+      bcast_gemm<BcastMode::kStoreColMax>(kr, Dp, 1, qt, BQF, st, BQF, nk, nq16, D, cm);
       for (int i = 0; i < nq16; i += kLanes) {  // m_new = max(m_old, tile max); cm <- exp(m_old - m_new)
         const vnat tile_max = vload(cm + i) * log2e;
         const vnat m_old = vload(m + i);
@@ -276,7 +278,8 @@ struct Attention {
         vstore(l + i, first ? sum : vload(l + i) * vload(cm + i) + sum);
       }
       // O^T = O^T * alpha + V^T P^T: V's element (d, j) is vr[j * Dp + d].
-      bcast_gemm<BcastEpilogue::kPlain>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk, first ? nullptr : cm, nullptr);
+      if (first) bcast_gemm<BcastMode::kStore>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk);
+      else bcast_gemm<BcastMode::kScaleAdd>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk, cm);
     }
 
     T* out = static_cast<T*>(p.out);
@@ -446,7 +449,87 @@ struct Attention {
     }
   }
 
+  // Fused backward, one work item per (segment, head), FlashAttention-2's loop: for each 64-key block
+  // (K, V rotated once), for each 64-query block: S = Q K^T, dP = dO V^T, P and dS (softmax_grad),
+  // dV += P^T dO, dK += dS^T Q, dQ += dS K, dQ accumulating in fp32 in dq_accum over the key blocks.  Five
+  // products per tile pair, none on a transposed copy: bcast_gemm reads P^T and dS^T by broadcasting from
+  // the row-major tiles, and only the 64-wide S and dP rows are padded (the keys nk.. of K^T and V^T are 0).
+  void backward_fused_item(int64_t item, float* w) const {
+    const int64_t seg = item / H;
+    const int h = static_cast<int>(item - seg * H);
+    const int64_t start = p.cu_seqlens[seg], len = p.cu_seqlens[seg + 1] - start;
+
+    float* kt = w;                 // [Dp x 64]: K^T
+    float* vt = kt + Dp * BK;      // [Dp x 64]: V^T
+    float* krows = vt + Dp * BK;   // [64 x Dp]: K
+    float* dk = krows + BK * Dp;   // [64 x Dp]
+    float* dv = dk + BK * Dp;      // [64 x Dp]
+    float* q = dv + BK * Dp;       // [64 x Dp]: Q rotated and scaled
+    float* dout = q + BQ * Dp;     // [64 x Dp]
+    float* s = dout + BQ * Dp;     // [64 x 64]: S, then P
+    float* dp = s + BQ * BK;       // [64 x 64]: dP, then dS
+    float* tmp = s + 4 * BQ * BK;  // [Dp] (past the 4 tiles of 64 x 64 the layout reserves; 2 used)
+    float* tmp2 = tmp + Dp;        // [Dp]
+    float* dqa = dq_accum + (static_cast<int64_t>(h) * NT + start) * Dp;  // [len x Dp]
+    std::memset(dqa, 0, sizeof(float) * len * Dp);
+
+    const T* qx = static_cast<const T*>(p.q);
+    const T* kx = static_cast<const T*>(p.k);
+    const T* vx = static_cast<const T*>(p.v);
+    const T* dox = static_cast<const T*>(p.dout);
+    T* dkx = static_cast<T*>(p.dk);
+    T* dvx = static_cast<T*>(p.dv);
+    for (int64_t k0 = start; k0 < start + len; k0 += BK) {
+      const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
+      const int nk16 = round_up(nk, VW);
+      load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, krows, tmp, tmp2);
+      load_tile_t(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, false, vt, nullptr, tmp, tmp2);
+      std::memset(dk, 0, sizeof(float) * nk * Dp);
+      std::memset(dv, 0, sizeof(float) * nk * Dp);
+      for (int64_t q0 = start; q0 < start + len; q0 += BQ) {
+        const int nq = static_cast<int>(start + len - q0 < BQ ? start + len - q0 : BQ);
+        load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, nq, true, p.scale, q, tmp);
+        load_tile(dox, p.dout_stride_token, p.dout_stride_head, h, q0, nq, nq, false, 1.0f, dout, tmp);
+        prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + BQ, start + len);
+        prefetch_rows(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + BQ, start + len);
+        bcast_gemm<BcastMode::kStore>(q, Dp, 1, kt, kLdS, s, kLdS, nq, nk16, D);
+        bcast_gemm<BcastMode::kStore>(dout, Dp, 1, vt, kLdS, dp, kLdS, nq, nk16, D);
+        softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk);
+        bcast_gemm<BcastMode::kAdd>(s, 1, kLdS, dout, Dp, dv, Dp, nk, Dp, nq);  // dV += P^T dO
+        bcast_gemm<BcastMode::kAdd>(dp, 1, kLdS, q, Dp, dk, Dp, nk, Dp, nq);    // dK += dS^T Q (scaled)
+        bcast_gemm<BcastMode::kAdd>(dp, kLdS, 1, krows, Dp, dqa + (q0 - start) * Dp, Dp, nq, Dp, nk);  // dQ += dS K
+      }
+      for (int j = 0; j < nk; ++j) {
+        T* dkr = dkx + (k0 + j) * p.dk_stride_token + h * p.dk_stride_head;
+        T* dvr = dvx + (k0 + j) * p.dv_stride_token + h * p.dv_stride_head;
+        rotate_row(dk + j * Dp, k0 + j, -1.0f, 1.0f, tmp);
+        for (int d = 0; d < D; ++d) {
+          dkr[d] = from_float<T>(tmp[d]);
+          dvr[d] = from_float<T>(dv[j * Dp + d]);
+        }
+      }
+    }
+    T* dqx = static_cast<T*>(p.dq);
+    for (int64_t i = 0; i < len; ++i) {
+      T* dqr = dqx + (start + i) * p.dq_stride_token + h * p.dq_stride_head;
+      rotate_row(dqa + i * Dp, start + i, -1.0f, p.scale, tmp);
+      for (int d = 0; d < D; ++d) dqr[d] = from_float<T>(tmp[d]);
+    }
+  }
+
   void backward() const {
+    if (attn_backward_fused(p.num_segments, H, p.num_threads)) {
+      prepare(BQ);  // the cos/sin table (the block offsets go unused)
+      compute_delta();
+      const int64_t items = p.num_segments * H;
+#pragma omp parallel num_threads(p.num_threads)
+      {
+        float* w = thread_tiles(omp_get_thread_num());
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < items; ++item) backward_fused_item(item, w);
+      }
+      return;
+    }
     const int64_t items = prepare(BQ);  // key blocks and query blocks are both 64 wide: same item list
     static_assert(BQ == BK, "the backward passes share one work-item list");
     compute_delta();

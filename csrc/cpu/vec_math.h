@@ -176,23 +176,22 @@ constexpr int kBcastRows = 2;    // 2 x 4 xmm = 8 accumulators + 4 B vectors + 1
 constexpr int kBcastChunks = 1;
 #endif
 
-// What the block does besides C = A B: kPlain (C = A B, or C * colscale + A B with colscale), kColMax
-// (C = A B, and colmax[n] = max(colmax[n], max over the block's rows of C[., n])).
-enum class BcastEpilogue { kPlain, kColMax };
+// What a block does with C: kStore (C = A B), kAdd (C += A B), kScaleAdd (C = C * aux + A B: aux scales
+// column by column), kStoreColMax (C = A B, and aux[n] = max(aux[n], max over the block's rows of C[., n])).
+enum class BcastMode { kStore, kAdd, kScaleAdd, kStoreColMax };
 
-template <int RI, int NV, BcastEpilogue kEpi>
+template <int RI, int NV, BcastMode kMode>
 static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc,
-                                int K, const float* colscale, float* colmax) {
+                                int K, float* aux) {
   constexpr int NN = NV * kGemmChunk / kLanes;
   vnat c[RI][NN];
-  if (colscale != nullptr) {
-    for (int n = 0; n < NN; ++n) {
-      const vnat s = vload(colscale + n * kLanes);
-      for (int r = 0; r < RI; ++r) c[r][n] = vload(C + r * ldc + n * kLanes) * s;
+  for (int n = 0; n < NN; ++n) {
+    const vnat s = kMode == BcastMode::kScaleAdd ? vload(aux + n * kLanes) : vnat{};
+    for (int r = 0; r < RI; ++r) {
+      if constexpr (kMode == BcastMode::kAdd) c[r][n] = vload(C + r * ldc + n * kLanes);
+      else if constexpr (kMode == BcastMode::kScaleAdd) c[r][n] = vload(C + r * ldc + n * kLanes) * s;
+      else c[r][n] = vnat{};
     }
-  } else {
-    for (int r = 0; r < RI; ++r)
-      for (int n = 0; n < NN; ++n) c[r][n] = vnat{};
   }
   const float* a = A;
   const float* b_row = B;
@@ -206,49 +205,49 @@ static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const 
   }
   for (int r = 0; r < RI; ++r)
     for (int n = 0; n < NN; ++n) vstore(C + r * ldc + n * kLanes, c[r][n]);
-  if constexpr (kEpi == BcastEpilogue::kColMax) {
+  if constexpr (kMode == BcastMode::kStoreColMax) {
     for (int n = 0; n < NN; ++n) {
-      vnat mx = vload(colmax + n * kLanes);
+      vnat mx = vload(aux + n * kLanes);
       for (int r = 0; r < RI; ++r) mx = vmaximum(mx, c[r][n]);
-      vstore(colmax + n * kLanes, mx);
+      vstore(aux + n * kLanes, mx);
     }
   }
 }
 
 // The rows of one column panel: whole register blocks, then the remaining M % kBcastRows rows in one block.
-template <int NV, BcastEpilogue kEpi, int R = kBcastRows - 1>
+template <int NV, BcastMode kMode, int R = kBcastRows - 1>
 static inline void bcast_tail(int rows, const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C,
-                              int ldc, int K, const float* colscale, float* colmax) {
+                              int ldc, int K, float* aux) {
   if constexpr (R > 0) {
-    if (rows == R) return bcast_kernel<R, NV, kEpi>(A, lda, ldk, B, ldb, C, ldc, K, colscale, colmax);
-    bcast_tail<NV, kEpi, R - 1>(rows, A, lda, ldk, B, ldb, C, ldc, K, colscale, colmax);
+    if (rows == R) return bcast_kernel<R, NV, kMode>(A, lda, ldk, B, ldb, C, ldc, K, aux);
+    bcast_tail<NV, kMode, R - 1>(rows, A, lda, ldk, B, ldb, C, ldc, K, aux);
   }
 }
 
-template <int NV, BcastEpilogue kEpi>
+template <int NV, BcastMode kMode>
 static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
-                        int K, const float* colscale, float* colmax) {
+                        int K, float* aux) {
   int m = 0;
   for (; m + kBcastRows <= M; m += kBcastRows)
-    bcast_kernel<kBcastRows, NV, kEpi>(A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, colscale, colmax);
-  if (m < M) bcast_tail<NV, kEpi>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, colscale, colmax);
+    bcast_kernel<kBcastRows, NV, kMode>(A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
+  if (m < M) bcast_tail<NV, kMode>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
 }
 
-// C[M x N] = A B (colscale == nullptr) or C * colscale + A B; with kColMax also the running column max.
-// Column panels outer, rows inner: one panel of B (K x 16 * kBcastChunks) stays in L1 while A streams.
-template <BcastEpilogue kEpi>
+// C[M x N] (op)= A B, op given by kMode; aux: kScaleAdd's column scales or kStoreColMax's running column max
+// (N floats), else unused.  Column panels outer, rows inner: one panel of B (K x 16 * kBcastChunks) stays in
+// L1 while A streams.
+template <BcastMode kMode>
 static void bcast_gemm(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
-                       int N, int K, const float* colscale, float* colmax) {
+                       int N, int K, float* aux = nullptr) {
   for (int n0 = 0; n0 < N; n0 += kBcastChunks * kGemmChunk) {
     const int nv = (N - n0) / kGemmChunk < kBcastChunks ? (N - n0) / kGemmChunk : kBcastChunks;
-    const float* cs = colscale != nullptr ? colscale + n0 : nullptr;
-    float* cm = colmax != nullptr ? colmax + n0 : nullptr;
+    float* x = aux != nullptr ? aux + n0 : nullptr;
     switch (nv) {
-      case 1: bcast_panel<1, kEpi>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, cs, cm); break;
+      case 1: bcast_panel<1, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
 #if defined(__AVX512F__)
-      case 2: bcast_panel<2, kEpi>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, cs, cm); break;
-      case 3: bcast_panel<3, kEpi>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, cs, cm); break;
-      default: bcast_panel<4, kEpi>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, cs, cm); break;
+      case 2: bcast_panel<2, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      case 3: bcast_panel<3, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      default: bcast_panel<4, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
 #else
       default: break;
 #endif
