@@ -26,6 +26,16 @@ def test_cli_arguments_resolve(extra, device, dtype):
     assert str(dtype).removeprefix("torch.") in note
 
 
+@pytest.mark.parametrize("usable", [True, False])
+def test_default_device_follows_vl3fast_cuda_not_torch(monkeypatch, usable):
+    """A CPU-only build on a GPU machine chats on the CPU instead of failing after the model load."""
+    import vl3fast.chat
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(vl3fast.chat, "cuda_available", lambda: usable)
+    assert resolve_device_dtype(None, None)[0] == ("cuda" if usable else "cpu")
+
+
 def test_unknown_dtype_is_a_value_error():
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
         resolve_device_dtype("cpu", "int8")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._backend import cuda_available
+
 
 @dataclass
 class ChatResult:
@@ -32,11 +34,12 @@ def _status(message: str, quiet: bool) -> None:
 def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[str, torch.dtype | str, str]:
     """(device, dtype, how it was chosen) for a chat run.
 
-    device: None -> "cuda" when torch sees one, else "cpu".  dtype: None -> bfloat16 on CUDA (the
+    device: None -> "cuda" when vl3fast's CUDA kernels can run here (`vl3fast.cuda_available`: built with
+    them and a device visible; torch seeing a GPU is not enough for a CPU-only build), else "cpu".  dtype: None -> bfloat16 on CUDA (the
     tensor-core attention and half the memory; float32 runs there too, on the simple kernel) and
     float32 on the CPU; "auto" -> the checkpoint's; otherwise a torch dtype name.
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or ("cuda" if cuda_available() else "cpu")
     if dtype is None:
         on_cuda = torch.device(device).type == "cuda"
         chosen = torch.bfloat16 if on_cuda else torch.float32

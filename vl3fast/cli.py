@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench_out/bench.json", help="JSON results path ('' to skip)")
     bench.set_defaults(func=_bench)
 
-    tokens = sub.add_parser("tokens", help="exact token counts for images/videos, reading headers only")
+    tokens = sub.add_parser("tokens", help="exact token counts for images/videos, without decoding them")
     tokens.add_argument("files", nargs="+", metavar="FILE",
                         help="images (by suffix: " + " ".join(IMAGE_SUFFIXES) + ") and videos")
     tokens.add_argument("--fps", type=float, default=None, help="frames sampled per second (default 1)")

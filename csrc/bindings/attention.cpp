@@ -2,7 +2,9 @@
 // the supported CUDA matrix, and one dispatch helper shared by both directions.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <string>
 
 #include <omp.h>
@@ -151,12 +153,25 @@ AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const T
   return p;
 }
 
-// The cu_seqlens values are validated here too (host memory): the kernel trusts them.
-void expect_cu_seqlens_values(const AttentionParams& p) {
-  expect(p.cu_seqlens[0] == 0, "cu_seqlens: must start at 0");
-  for (int64_t s = 0; s < p.num_segments; ++s)
-    expect(p.cu_seqlens[s + 1] >= p.cu_seqlens[s], "cu_seqlens: must be non-decreasing");
-  expect(p.cu_seqlens[p.num_segments] == p.num_tokens, "cu_seqlens: last value must equal T");
+// The one check of the cu_seqlens values (and of the max_seqlen hint against them) for host tensors: the CPU
+// kernel trusts them, and ops/attention.py leaves them to this check (on CUDA the block-table scan checks them
+// on the device instead, without a sync).
+void expect_cu_seqlens_values(const AttentionParams& p, int64_t max_seqlen) {
+  const int32_t* cu = p.cu_seqlens;
+  if (cu[0] != 0) throw std::invalid_argument("cu_seqlens: must start at 0, got " + std::to_string(cu[0]));
+  int64_t longest = 0;
+  for (int64_t s = 0; s < p.num_segments; ++s) {  // messages built only on failure: this runs every layer
+    if (cu[s + 1] < cu[s])
+      throw std::invalid_argument("cu_seqlens: must be non-decreasing, got " + std::to_string(cu[s]) + " then " +
+                                  std::to_string(cu[s + 1]) + " at index " + std::to_string(s));
+    longest = std::max<int64_t>(longest, cu[s + 1] - cu[s]);
+  }
+  if (cu[p.num_segments] != p.num_tokens)
+    throw std::invalid_argument("cu_seqlens: last value must equal the number of tokens T = " +
+                                std::to_string(p.num_tokens) + ", got " + std::to_string(cu[p.num_segments]));
+  if (max_seqlen >= 0 && longest > max_seqlen)
+    throw std::invalid_argument("max_seqlen: " + std::to_string(max_seqlen) + " is shorter than the longest segment (" +
+                                std::to_string(longest) + ")");
 }
 
 // Runs one direction of attention with the named kernel on the device its tensors live on.  On CUDA
@@ -186,8 +201,7 @@ void run_attention(const AttentionParams& p, bool backward, const TensorRef& v, 
   (void)stream;
 #endif
   (void)kernel;
-  (void)max_seqlen;
-  expect_cu_seqlens_values(p);
+  expect_cu_seqlens_values(p, max_seqlen);
   if (p.num_tokens == 0 || p.num_heads == 0) return;
   if (backward) return cpu::kernels().rope2d_attention_backward(p);
   cpu::kernels().rope2d_attention_forward(p);

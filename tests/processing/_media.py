@@ -5,6 +5,10 @@ from functools import partial
 
 import numpy as np
 
+# seconds of each frame of the variable-frame-rate clip: 10 fps for 2 s, then 1 fps (its average_rate of
+# 100/31 makes index / fps off by 2 s at the end)
+VFR_TIMES = [0.1 * i for i in range(20)] + [2.0 + 1.0 * i for i in range(10)]
+
 
 def frame_pattern(i: int, height: int, width: int) -> np.ndarray:
     """A moving gradient plus a checkerboard that flips every 7 frames: every frame differs, some
@@ -18,7 +22,12 @@ def frame_pattern(i: int, height: int, width: int) -> np.ndarray:
 
 
 def write_video(path, *, width, height, fps, frames, codec="libx264", gop=None, bframes=None,
-                container_options=None, pattern=frame_pattern) -> str:
+                container_options=None, pattern=frame_pattern, rotation=None, hflip=False, times=None) -> str:
+    """rotation, hflip: the display matrix's counterclockwise degrees and mirror (PyAV's
+    `set_display_rotation`; a phone writes -90 for portrait video); times: seconds of each frame (a
+    variable frame rate; `frames` is then len(times)), written as pts in milliseconds."""
+    from fractions import Fraction
+
     import av
 
     container = av.open(str(path), "w", options=container_options or {})
@@ -26,6 +35,11 @@ def write_video(path, *, width, height, fps, frames, codec="libx264", gop=None, 
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     if gop:
         stream.codec_context.gop_size = gop
+    if rotation is not None:
+        stream.set_display_rotation(rotation, hflip=hflip)
+    if times is not None:
+        frames = len(times)
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
     options = {}
     if codec == "libx264":
         options["preset"] = "veryfast"
@@ -33,7 +47,10 @@ def write_video(path, *, width, height, fps, frames, codec="libx264", gop=None, 
             options["bframes"] = str(bframes)
     stream.options = options
     for i in range(frames):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(pattern(i, height, width), format="rgb24")):
+        frame = av.VideoFrame.from_ndarray(pattern(i, height, width), format="rgb24")
+        if times is not None:
+            frame.pts, frame.time_base = round(times[i] * 1000), Fraction(1, 1000)
+        for packet in stream.encode(frame):
             container.mux(packet)
     for packet in stream.encode():
         container.mux(packet)

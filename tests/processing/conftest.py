@@ -7,7 +7,7 @@ av = pytest.importorskip("av")
 pytest.importorskip("PIL")
 pytest.importorskip("torchvision")
 
-from ._media import write_video  # noqa: E402
+from ._media import VFR_TIMES, write_video  # noqa: E402
 
 
 # name -> (writer kwargs, file name). Sizes are even (yuv420p); several fps, durations and codecs.
@@ -74,6 +74,33 @@ def broken(media_dir, videos) -> dict[str, str]:
     assert raw.count(b"FMP4") == 2
     (d / "unknown_codec.avi").write_bytes(raw.replace(b"FMP4", b"QQQQ"))
     out["unknown_codec"] = str(d / "unknown_codec.avi")
+    return out
+
+
+@pytest.fixture(scope="session")
+def clips(media_dir) -> dict[str, str]:
+    """Valid media the video functions handle specially: display-matrix rotations and a mirror, a variable
+    frame rate, an aspect ratio over 200, still images (also one named .mp4) and an animated GIF."""
+    import numpy as np
+    from PIL import Image
+
+    d = media_dir
+    out = {f"rot{r}": write_video(d / f"rot{r}.mp4", width=64, height=48, fps=10, frames=6, rotation=r)
+           for r in (-90, 90, 180)}
+    # a mirrored (selfie-camera) display matrix
+    out["hflip"] = write_video(d / "hflip.mp4", width=64, height=48, fps=10, frames=3, rotation=0, hflip=True)
+    out["vfr"] = write_video(d / "vfr.mp4", width=64, height=48, fps=10, frames=0, times=VFR_TIMES,
+                             bframes=2)
+    out["thin"] = write_video(d / "thin.mp4", width=1000, height=4, fps=10, frames=3)
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8)
+    for ext in ("png", "jpg", "webp"):
+        Image.fromarray(rgb).save(d / f"still.{ext}")
+        out[ext] = str(d / f"still.{ext}")
+    (d / "png_named.mp4").write_bytes((d / "still.png").read_bytes())
+    out["png_named_mp4"] = str(d / "png_named.mp4")
+    frames = [Image.fromarray(np.full((40, 60, 3), v, np.uint8)) for v in (10, 120, 240)]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    out["gif"] = str(d / "anim.gif")
     return out
 
 

@@ -184,6 +184,20 @@ def test_estimate_total_equals_input_ids(procs, videos, static_video):
         ours.estimate_tokens(images=[image], max_total_tokens=10)
 
 
+def test_vfr_video_labels_are_the_frames_times(procs, clips):
+    """On a variable-frame-rate file the prompt's `Time t.ts:` labels are the frames' pts (index / fps said
+    7.8 s for the frame at 7.0 s), and the token estimate reads the same times without decoding."""
+    _, ours = procs
+    prompt = ours.apply_chat_template(user({"type": "video"}), add_generation_prompt=True)
+    out = ours(text=prompt, videos=[clips["vfr"]], num_frames=6, use_token_compression=False)
+    text = ours.tokenizer.decode(out["input_ids"][0])
+    assert [f"Time {t}s:" in text for t in ("0.0", "0.5", "1.0", "1.5", "2.0", "7.0")] == [True] * 6
+    assert "Time 7.8s:" not in text
+    est = ours.estimate_tokens(text=prompt, videos=[clips["vfr"]], num_frames=6)
+    assert est.total_tokens == out["input_ids"].shape[1]
+    assert list(est.items[0].timestamps) == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 7.0], abs=1e-9)
+
+
 def test_apply_chat_template_tokenize(procs, videos):
     _, ours = procs
     conv = user({"type": "video", "path": videos["h264_bframes"]})

@@ -9,7 +9,8 @@ import vl3fast.reference as ref_ops
 from vl3fast.processing import (
     ProcessingConfig, TokenBudgetError, estimate_tokens, load_video, preprocess_videos, probe_video,
 )
-from vl3fast.processing import video as video_module
+from vl3fast.processing import decode as decode_module
+from vl3fast.processing import video_file as video_file_module
 
 from ._media import hf_load_video
 
@@ -153,13 +154,13 @@ def test_timeout_when_the_decoder_hangs(videos, monkeypatch):
     import time
 
     release = threading.Event()
-    real = video_module._decode_sampled
+    real = decode_module._decode_sampled
 
     def stuck(*args, **kwargs):
         release.wait(5)  # blocks without checking the cancel flag, like C code would
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(video_module, "_decode_sampled", stuck)
+    monkeypatch.setattr(decode_module, "_decode_sampled", stuck)
     start = time.monotonic()
     with pytest.raises(TimeoutError, match="did not finish within timeout=0.3 s"):
         load_video(videos["short_10fps"], timeout=0.3)
@@ -177,13 +178,13 @@ def test_tiny_timeout_is_a_timeout_not_corruption(videos, timeout):
 
 def test_a_video_file_is_opened_once_per_call(videos, monkeypatch):
     """Probe, packet index and decode share one container (they used to open the file three times)."""
-    opened, real = [], video_module._open_container
+    opened, real = [], video_file_module._open_container
 
     def counting(path, timeout):
         opened.append(path)
         return real(path, timeout)
 
-    monkeypatch.setattr(video_module, "_open_container", counting)
+    monkeypatch.setattr(video_file_module, "_open_container", counting)
     preprocess_videos(videos["h264_bframes"], num_frames=4)
     assert len(opened) == 1
     load_video(videos["h264_bframes"], num_frames=4)

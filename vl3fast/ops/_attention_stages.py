@@ -11,8 +11,8 @@ import torch
 
 from .._backend import core
 from ._bridge import stream_of, tensor_ref
-from .attention import run_backward
-from .rope2d import _inv_freq
+from .attention import run_backward, workspace_for
+from .inv_freq import inv_freq_on
 
 
 def _view(workspace: torch.Tensor, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
@@ -40,12 +40,6 @@ def _regions(workspace: torch.Tensor, q: torch.Tensor, num_segments: int, backwa
     return views
 
 
-def _workspace(q: torch.Tensor, num_segments: int, backward: bool) -> torch.Tensor:
-    T, H, D = q.shape
-    nbytes = core.rope2d_attention_workspace_bytes(T, num_segments, H, D, backward, q.device.index, "cuda_tensor_core")
-    return torch.empty(nbytes, dtype=torch.uint8, device=q.device)
-
-
 def tensor_core_prepass(q, k, v, cu_seqlens, pos_hw, theta: float, scale: float, *, dout=None, out=None, lse=None,
                         max_seqlen: int = -1) -> dict[str, torch.Tensor]:
     """Runs only the tensor-core pre-passes (the backward's when dout/out/lse are given) on CUDA tensors and
@@ -55,11 +49,11 @@ def tensor_core_prepass(q, k, v, cu_seqlens, pos_hw, theta: float, scale: float,
     T, H, D = q.shape
     if not backward:
         out, lse, dout = torch.empty_like(q), torch.empty((H, T), dtype=torch.float32, device=q.device), q
-    workspace = _workspace(q, cu_seqlens.shape[0] - 1, backward)
+    workspace = workspace_for(q, cu_seqlens.shape[0] - 1, backward, "cuda_tensor_core")
     cu_seqlens, pos_hw = cu_seqlens.contiguous(), pos_hw.contiguous()
     core._attn_tc_prepass(
         tensor_ref(q), tensor_ref(k), tensor_ref(v.contiguous()), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
-        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout.contiguous()),
+        tensor_ref(inv_freq_on(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout.contiguous()),
         tensor_ref(workspace), scale, max_seqlen, backward, stream_of(q),
     )
     return {name: t.clone() for name, t in _regions(workspace, q, cu_seqlens.shape[0] - 1, backward).items()}
@@ -68,7 +62,7 @@ def tensor_core_prepass(q, k, v, cu_seqlens, pos_hw, theta: float, scale: float,
 def tensor_core_dq_accum(dout, q, k, v, out, lse, cu_seqlens, pos_hw, theta: float, scale: float) -> torch.Tensor:
     """The main backward kernel's fp32 dq accumulator [H, T, D] (unscaled dq of the rotated q), read from the
     workspace after a full backward."""
-    workspace = _workspace(q, cu_seqlens.shape[0] - 1, True)
+    workspace = workspace_for(q, cu_seqlens.shape[0] - 1, True, "cuda_tensor_core")
     run_backward("cuda_tensor_core", dout, q, k, v, out, lse, cu_seqlens, pos_hw, theta, scale, workspace=workspace)
     return _regions(workspace, q, cu_seqlens.shape[0] - 1, True)["dq_accum"].clone()
 
@@ -79,7 +73,7 @@ def expected_prepass(q, k, cu_seqlens, pos_hw, theta: float, *, dout=None, out=N
     T, H, D = q.shape
     dq_dim = core._attn_tc_layout(T, 1, H, D, False)["qk_dim"]
     block = core._attn_tc_layout(T, 1, H, D, False)["block_m"]
-    inv_freq = _inv_freq(D, theta, q.device)
+    inv_freq = inv_freq_on(D, theta, q.device)
     quarter = D // 4
     pos = pos_hw.float()
     angles = torch.cat([pos[:, :1] * inv_freq, pos[:, 1:] * inv_freq], 1)  # [T, D/2]: rows, then columns

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from .._backend import core
@@ -118,13 +119,8 @@ def int_tensor_from(name: str, value, ndim: int) -> torch.Tensor:
 
     if isinstance(value, torch.Tensor):
         return value
-    try:
-        import numpy as np
-
-        if isinstance(value, np.ndarray):
-            return torch.from_numpy(value)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"{name}: expected a tensor or a nested list of ints, got {type(value).__name__}")
 

@@ -36,7 +36,7 @@ from ._checks import (
     check_tensor,
     check_theta,
 )
-from .rope2d import _inv_freq
+from .inv_freq import inv_freq_on
 
 __all__ = [
     "rope2d_attention", "ATTENTION_HEAD_DIMS", "ATTENTION_FAST_HEAD_DIMS", "ATTENTION_DTYPES",
@@ -113,25 +113,15 @@ def _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen) -> None
         raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen}")
 
 
-def _check_values(q, cu_seqlens, pos_hw, max_seqlen) -> None:
-    """Checks that read tensor values: host tensors only, so a CUDA call never syncs here."""
+def _check_values(pos_hw) -> None:
+    """Checks that read tensor values: host tensors only, so a CUDA call never syncs here.  The cu_seqlens
+    values (and max_seqlen against them) are checked once, by the core: before the CPU kernel, which trusts
+    them (csrc/bindings/attention.cpp), and on the device by the CUDA kernels' block-table scan."""
     check_position_values(pos_hw)
-    if cu_seqlens.device.type != "cpu":
-        return
-    cu = cu_seqlens.tolist()
-    if cu[0] != 0:
-        raise ValueError(f"cu_seqlens: must start at 0, got {cu[0]}")
-    lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
-    if any(n < 0 for n in lengths):
-        i = next(i for i, n in enumerate(lengths) if n < 0)
-        raise ValueError(f"cu_seqlens: must be non-decreasing, got {cu[i]} then {cu[i + 1]} at index {i}")
-    if cu[-1] != q.shape[0]:
-        raise ValueError(f"cu_seqlens: last value must equal the number of tokens T = {q.shape[0]}, got {cu[-1]}")
-    if max_seqlen >= 0 and lengths and max(lengths) > max_seqlen:
-        raise ValueError(f"max_seqlen: {max_seqlen} is shorter than the longest segment ({max(lengths)})")
 
 
-def _workspace(q: torch.Tensor, num_segments: int, backward: bool, kernel: str) -> torch.Tensor:
+def workspace_for(q: torch.Tensor, num_segments: int, backward: bool, kernel: str) -> torch.Tensor:
+    """An uninitialised uint8 workspace of the size the named kernel needs for `q_THD` (kernels never allocate)."""
     T, H, D = q.shape
     device_index = q.device.index if q.device.type == "cuda" else -1
     nbytes = core.rope2d_attention_workspace_bytes(T, num_segments, H, D, backward, device_index, kernel)
@@ -149,16 +139,14 @@ def run_forward(kernel: str, q, k, v, cu_seqlens, pos_hw, theta: float, scale: f
     T, H, D = q.shape
     out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
-    if q.numel() == 0:
-        return out, lse
     pos_hw = pos_hw.contiguous()  # keep references: the core only borrows the pointers
     cu_seqlens = cu_seqlens.contiguous()
     v = _vector_aligned(v, kernel)
     if workspace is None:
-        workspace = _workspace(q, cu_seqlens.shape[0] - 1, False, kernel)
+        workspace = workspace_for(q, cu_seqlens.shape[0] - 1, False, kernel)
     core.rope2d_attention_forward(
         tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
-        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(workspace), scale,
+        tensor_ref(inv_freq_on(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(workspace), scale,
         max_seqlen, stream_of(q), kernel,
     )
     return out, lse
@@ -171,16 +159,14 @@ def run_backward(kernel: str, dout, q, k, v, out, lse, cu_seqlens, pos_hw, theta
     dout = _vector_aligned(dout if dout.stride(-1) == 1 else dout.contiguous(), kernel)
     v = _vector_aligned(v, kernel)
     dq, dk, dv = (torch.empty((T, H, D), dtype=q.dtype, device=q.device) for _ in range(3))
-    if q.numel() == 0:
-        return dq, dk, dv
     pos_hw = pos_hw.contiguous()
     cu_seqlens = cu_seqlens.contiguous()
     lse = lse.contiguous()
     if workspace is None:
-        workspace = _workspace(q, cu_seqlens.shape[0] - 1, True, kernel)
+        workspace = workspace_for(q, cu_seqlens.shape[0] - 1, True, kernel)
     core.rope2d_attention_backward(
         tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(cu_seqlens), tensor_ref(pos_hw),
-        tensor_ref(_inv_freq(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout),
+        tensor_ref(inv_freq_on(D, theta, q.device)), tensor_ref(out), tensor_ref(lse), tensor_ref(dout),
         tensor_ref(dq), tensor_ref(dk), tensor_ref(dv), tensor_ref(workspace), scale, -1, stream_of(q), kernel,
     )
     return dq, dk, dv
@@ -192,7 +178,7 @@ def _rope2d_attention(
     theta: float, scale: float, max_seqlen: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen)
-    _check_values(q, cu_seqlens, pos_hw, max_seqlen)
+    _check_values(pos_hw)
     kernel = kernel_for(q.device.type, q.dtype, q.shape[-1])
     return run_forward(kernel, q, k, v, cu_seqlens, pos_hw, theta, scale, max_seqlen)
 

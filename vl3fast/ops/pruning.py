@@ -268,12 +268,9 @@ def prune_tokens(features, keep, grid_thw, merge_sizes=None) -> PrunedTokens:
         raise TypeError(f"features: expected a torch.Tensor, got {type(features).__name__}")
     check_tensor("keep", keep, dtypes=(torch.bool,), ndim=1)
     check_has_values("features", features)
-    grid_tokens = grid_thw.num_tokens if isinstance(grid_thw, PackedGrid) else None
     if features.dim() < 1 or features.shape[0] != keep.shape[0]:
         raise ValueError(f"features: expected [M, ...] with M = {keep.shape[0]} rows (one per merged token of "
                          f"keep), got {tuple(features.shape)}")
-    if grid_tokens is not None and keep.shape[0] != grid_tokens:
-        raise ValueError(f"keep: {keep.shape[0]} entries, but the grid has {grid_tokens} merged tokens")
     if features.device != keep.device:
         raise ValueError(f"features and keep must be on one device, got {features.device} and {keep.device}")
     idx, grid = _compact(keep, grid_thw, merge_sizes)

@@ -1,12 +1,9 @@
 """apply_rope2d: VideoLLaMA3's 2D rotary embedding on packed [T, H, D] tensors, forward and backward."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from .._backend import core
-from ..reference.rope import rope2d_inv_freq
 from ._bridge import stream_of, tensor_ref
 from ._checks import (
     FLOAT_DTYPES,
@@ -19,13 +16,9 @@ from ._checks import (
     check_tensor,
     check_theta,
 )
+from .inv_freq import inv_freq_on
 
 __all__ = ["apply_rope2d"]
-
-@functools.lru_cache(maxsize=64)  # (head dim, theta, device) of a run: a handful; bounded all the same
-def _inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
-    """float32 ``[D / 4]`` inverse frequencies on ``device``, shared by apply_rope2d and rope2d_attention."""
-    return rope2d_inv_freq(head_dim, theta).to(device)
 
 
 def _check(x: torch.Tensor, pos_hw: torch.Tensor, theta: float) -> None:
@@ -44,7 +37,7 @@ def _apply_rope2d(x: torch.Tensor, pos_hw: torch.Tensor, theta: float, inverse: 
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     pos_hw = pos_hw.contiguous()  # keep a reference: the core only borrows the pointer
     core.apply_rope2d(
-        tensor_ref(x), tensor_ref(pos_hw), tensor_ref(_inv_freq(x.shape[-1], float(theta), x.device)),
+        tensor_ref(x), tensor_ref(pos_hw), tensor_ref(inv_freq_on(x.shape[-1], float(theta), x.device)),
         tensor_ref(out), inverse, stream_of(x),
     )
     return out

@@ -4,7 +4,7 @@
     load_video(path, fps=1, max_frames=180)   PyAV; transformers' frame sampling; seeks; timeout
     preprocess_images / preprocess_videos  -> VisualInputs(pixel_values [P, 588] float32,
                                               grid_thw [N, 3] int64, merge_sizes [N] int64, timestamps)
-    estimate_tokens(images=..., videos=..., max_visual_tokens=...)   exact counts, headers only
+    estimate_tokens(images=..., videos=..., max_visual_tokens=...)   exact counts, no decoding
                                           (with processor=/text=: text tokens and the total too)
     VideoLLaMA3Processor                   text + media -> transformers' VideoLlama3Processor dict
     ProcessingConfig                       every setting; .official() for the official resize rule
@@ -16,8 +16,8 @@ not imported (`resize.resize_frames`). Needs the `media` extra: pillow, av.
 """
 from .config import ProcessingConfig
 from .errors import (
-    CorruptMediaError, DecodeTimeoutError, EmptyVideoError, MediaError, MediaNotFoundError, MediaSizeError,
-    NotMediaError, TokenBudgetError, UnsupportedCodecError,
+    CorruptMediaError, DecodeTimeoutError, EmptyVideoError, ImageNotVideoError, MediaError, MediaNotFoundError,
+    MediaSizeError, NotMediaError, TokenBudgetError, UnsupportedCodecError,
 )
 from .image import load_image
 from .processor import VideoLLaMA3Processor
@@ -33,6 +33,6 @@ __all__ = [
     "load_image", "load_video", "probe_video", "sample_frame_indices", "Video", "VideoFile", "VideoInfo",
     "preprocess_images", "preprocess_videos", "VisualInputs", "normalize_patchify", "estimate_tokens",
     "TokenEstimate", "ItemEstimate", "smart_resize", "official_resize", "plan_sizes", "ItemShape", "ItemPlan",
-    "resize_frames", "MediaError", "MediaNotFoundError", "NotMediaError", "CorruptMediaError", "EmptyVideoError",
-    "UnsupportedCodecError", "DecodeTimeoutError", "MediaSizeError", "TokenBudgetError",
+    "resize_frames", "MediaError", "MediaNotFoundError", "NotMediaError", "ImageNotVideoError", "CorruptMediaError",
+    "EmptyVideoError", "UnsupportedCodecError", "DecodeTimeoutError", "MediaSizeError", "TokenBudgetError",
 ]

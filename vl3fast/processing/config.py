@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .sampling import DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRAMES
+from .sampling import DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRAMES, check_sampling
 
 RESIZE_RULES = ("hf", "official")
 
@@ -57,7 +57,7 @@ class ProcessingConfig:
     def __post_init__(self):
         if self.resize_rule not in RESIZE_RULES:
             raise ValueError(f"resize_rule must be one of {RESIZE_RULES}, got {self.resize_rule!r}")
-        for name in ("patch_size", "image_merge_size", "video_merge_size", "min_frames", "max_frames",
+        for name in ("patch_size", "image_merge_size", "video_merge_size",
                      "image_max_pixels", "video_max_pixels", "max_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -66,12 +66,7 @@ class ProcessingConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if self.min_frames > self.max_frames:
-            raise ValueError(f"min_frames ({self.min_frames}) must not exceed max_frames ({self.max_frames})")
-        if self.fps is not None and not self.fps > 0:
-            raise ValueError(f"fps must be > 0 or None, got {self.fps!r}")
-        if self.num_frames is not None and (not isinstance(self.num_frames, int) or self.num_frames < 1):
-            raise ValueError(f"num_frames must be a positive int or None, got {self.num_frames!r}")
+        check_sampling(self.fps, self.num_frames, self.min_frames, self.max_frames)
 
     @property
     def sampling_fps(self) -> float | None:

@@ -19,6 +19,10 @@ class NotMediaError(MediaError):
     """The file is not an image or video this package can open (e.g. a text file)."""
 
 
+class ImageNotVideoError(NotMediaError):
+    """A still image (PNG, JPEG, WebP...) was given where a video is expected."""
+
+
 class CorruptMediaError(MediaError):
     """The file is media but truncated or damaged: it cannot be opened or decoding stops early."""
 
@@ -44,6 +48,6 @@ class TokenBudgetError(MediaError):
 
 
 __all__ = [
-    "MediaError", "MediaNotFoundError", "NotMediaError", "CorruptMediaError", "EmptyVideoError",
-    "UnsupportedCodecError", "DecodeTimeoutError", "MediaSizeError", "TokenBudgetError",
+    "MediaError", "MediaNotFoundError", "NotMediaError", "ImageNotVideoError", "CorruptMediaError",
+    "EmptyVideoError", "UnsupportedCodecError", "DecodeTimeoutError", "MediaSizeError", "TokenBudgetError",
 ]

@@ -197,7 +197,10 @@ def preprocess_videos(
                 names.append(f"video {i}")
                 indices.append(None)
                 rates.append(video_fps)
-        shapes = [dataclasses.replace(sh, name=n) for sh, n in zip(shapes, names)]
+        # size errors name the file by its full path, the budget breakdown by its base name
+        shapes = [dataclasses.replace(sh, name=repr(os.fspath(v)) if isinstance(v, (str, os.PathLike)) else
+                                      repr(v.info.path) if isinstance(v, Video) else n)
+                  for sh, n, v in zip(shapes, names, videos)]
         plans = plan_sizes(shapes, config)
         _check_budget(plans, names, max_visual_tokens)
         pixel_values, timestamps = [], []

@@ -36,7 +36,7 @@ from .chat_template import DEFAULT_CHAT_TEMPLATE
 from .config import ProcessingConfig, resolve_config
 from .preprocess import VisualInputs, preprocess_images, preprocess_videos
 from .processor_files import read_processor_files
-from .prompt import given_stamps, sampled_stamps, video_expansion
+from .prompt import decoded_stamps, given_stamps, sampled_stamps, video_expansion
 from .sampling import sample_with_config
 from .tokens import estimate_tokens as estimate_media_tokens
 from .video import DEFAULT_TIMEOUT_S, Video
@@ -213,7 +213,8 @@ class VideoLLaMA3Processor:
         for i, (video, md) in enumerate(zip(items, metadata)):
             if isinstance(video, (str, os.PathLike, Video)):
                 prepared.append(video)
-                labelers.append(lambda vis, k: sampled_stamps(vis.frame_indices[k], vis.video_fps[k]))
+                labelers.append(lambda vis, k: decoded_stamps(vis.frame_indices[k], vis.video_fps[k],
+                                                              vis.timestamps[k]))
                 continue
             frames = _frames_array(video)
             fps = _metadata_value(md, "fps")
@@ -350,7 +351,7 @@ class VideoLLaMA3Processor:
                 image_reps.append(self.image_token * it.tokens)
                 continue
             if it.frame_indices is not None and it.video_fps:
-                labels = sampled_stamps(it.frame_indices, it.video_fps)
+                labels = decoded_stamps(it.frame_indices, it.video_fps, it.timestamps)
             else:
                 labels = given_stamps(range(it.num_frames), 1)
             video_reps.append(video_expansion(labels, [it.tokens_per_frame] * len(labels), self.video_token))

@@ -17,6 +17,15 @@ def sampled_stamps(indices, fps: float) -> list[str]:
     return [f"{t:.1f}" for t in stamps]
 
 
+def decoded_stamps(indices, fps: float, timestamps) -> list[str]:
+    """Labels of frames vl3fast sampled from a file: `sampled_stamps` when `timestamps` are `index / fps`
+    (constant-rate files: identical to transformers), else the frames' own times (variable-rate files,
+    where `index / fps` is off by up to seconds)."""
+    if [float(t) for t in timestamps] == [float(i) / fps for i in indices]:
+        return sampled_stamps(indices, fps)
+    return [f"{t:.1f}" for t in timestamps]
+
+
 def given_stamps(frames_indices, fps: float) -> list[str]:
     """Labels of frames passed as arrays: transformers divides whatever `frames_indices` holds
     (by default python ints) by fps, with python / numpy semantics."""

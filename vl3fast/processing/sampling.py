@@ -5,6 +5,9 @@ The defaults live here once; `ProcessingConfig` and `load_video` take them from 
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 import torch
 
@@ -13,6 +16,28 @@ from .errors import EmptyVideoError
 DEFAULT_FPS = 1.0       # frames sampled per second of video
 DEFAULT_MIN_FRAMES = 4
 DEFAULT_MAX_FRAMES = 180
+
+
+def check_sampling(fps, num_frames, min_frames, max_frames) -> None:
+    """Raises TypeError / ValueError naming the argument for a sampling setting no video can satisfy:
+    `fps` a finite number > 0 or None, `num_frames` an int >= 1 or None, `min_frames` <= `max_frames`
+    ints >= 1 (a bool is not a number).  Without this, fps=0 or fps=-1 silently gave min_frames frames."""
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
+            raise TypeError(f"fps must be a number of frames per second or None, got {type(fps).__name__} {fps!r}")
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be > 0 frames per second (or None), got {fps!r}")
+    for name, value, optional in (("num_frames", num_frames, True), ("min_frames", min_frames, False),
+                                  ("max_frames", max_frames, False)):
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int{' or None' if optional else ''}, got {type(value).__name__} "
+                            f"{value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    if min_frames > max_frames:
+        raise ValueError(f"min_frames ({min_frames}) must not exceed max_frames ({max_frames})")
 
 
 def sample_frame_indices(
@@ -33,6 +58,7 @@ def sample_frame_indices(
     """
     if total_frames < 1:
         raise EmptyVideoError(f"cannot sample frames from a video with {total_frames} frames")
+    check_sampling(fps, num_frames, min_frames, max_frames)
     if fps is not None and num_frames is not None:
         raise ValueError("fps and num_frames are mutually exclusive; pass one of them (or neither for all frames)")
     if num_frames is not None:

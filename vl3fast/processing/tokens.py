@@ -1,6 +1,7 @@
 """Exact visual-token counts without decoding pixels or running a model.
 
-Reads only headers (image size and EXIF orientation; video frame count, frame rate and size), then
+Reads headers (image size and EXIF orientation; video frame count, frame rate, size and rotation) and,
+for videos whose header cannot show a constant frame rate, the packets' pts (demuxed, never decoded), then
 runs the same sampling (`sample_frame_indices`) and size planning (`plan_sizes`) as preprocessing,
 so the counts equal `preprocess_*(...).num_tokens` by construction (tests check it).
 
@@ -21,7 +22,7 @@ from .errors import TokenBudgetError
 from .image import image_size
 from .resize import ItemShape, plan_sizes
 from .sampling import sample_with_config
-from .video import DEFAULT_TIMEOUT_S, Video, VideoInfo, probe_video
+from .video import DEFAULT_TIMEOUT_S, Video, VideoFile, VideoInfo
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,17 @@ def estimate_tokens(
         shapes, extras, rates = [], [], []
         for i, v in enumerate(video_list):
             if isinstance(v, (str, os.PathLike, VideoInfo)):
-                info = v if isinstance(v, VideoInfo) else probe_video(v, timeout=timeout)
-                idx = sample_with_config(info.total_frames, info.fps, config)
+                if isinstance(v, VideoInfo):  # header numbers only: timestamps index / fps
+                    info = v
+                    idx = sample_with_config(info.total_frames, info.fps, config)
+                    stamps = tuple(float(k) / info.fps for k in idx)
+                else:
+                    with VideoFile(v, timeout=timeout) as video:
+                        info = video.info
+                        idx = sample_with_config(info.total_frames, info.fps, config)
+                        stamps = tuple(video.sampled_timestamps(idx))
                 shapes.append(ItemShape(info.height, info.width, len(idx), name=repr(info.path)))
-                extras.append((os.path.basename(info.path), tuple(int(k) for k in idx),
-                               tuple(float(k) / info.fps for k in idx)))
+                extras.append((os.path.basename(info.path), tuple(int(k) for k in idx), stamps))
                 rates.append(info.fps)
             elif isinstance(v, Video):
                 v.check_full_size()

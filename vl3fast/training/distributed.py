@@ -7,6 +7,7 @@ instead, by replacing ``build_shm_op`` before ``init_distributed``.
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import socket
@@ -74,7 +75,23 @@ def init(use_deepspeed: bool) -> Dist:
         deepspeed.init_distributed(dist_backend=backend)
     elif not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_leave_at_exit)
+        _exit_hook_registered = True
     return d
+
+
+_exit_hook_registered = False
+
+
+def _leave_at_exit() -> None:
+    """Leaves the process group while the interpreter is still whole.  A gloo group alive at finalisation can abort
+    a process whose run finished (its worker threads outlive Python: SIGABRT, "terminate called without an active
+    exception"; pytorch/pytorch#190489).  Not at the end of ``train``: DeepSpeed keeps handles to the world group,
+    so a second run in the same process (tests, notebooks) needs the group to stay."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

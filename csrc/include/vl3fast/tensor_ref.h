@@ -42,7 +42,9 @@ inline void expect_ref(const TensorRef& t, const char* name, DType dtype, int nd
                              std::to_string(t.ndim));
 }
 
+// torch's meaning: row-major strides, size-1 dims free; an empty tensor is contiguous (no element is read).
 inline bool is_contiguous(const TensorRef& t) {
+  if (t.numel() == 0) return true;
   int64_t expected = 1;
   for (int i = t.ndim - 1; i >= 0; --i) {
     if (t.sizes[i] != 1 && t.strides[i] != expected) return false;
