@@ -451,9 +451,10 @@ struct Attention {
 
   // Fused backward, one work item per (segment, head), FlashAttention-2's loop: for each 64-key block
   // (K, V rotated once), for each 64-query block: S = Q K^T, dP = dO V^T, P and dS (softmax_grad),
-  // dV += P^T dO, dK += dS^T Q, dQ += dS K, dQ accumulating in fp32 in dq_accum over the key blocks.  Five
-  // products per tile pair, none on a transposed copy: bcast_gemm reads P^T and dS^T by broadcasting from
-  // the row-major tiles, and only the 64-wide S and dP rows are padded (the keys nk.. of K^T and V^T are 0).
+  // dV^T += dO^T P, dK^T += Q^T dS, dQ += dS K, dQ accumulating in fp32 in dq_accum over the key blocks.
+  // Five products per tile pair, none on a transposed copy: bcast_gemm broadcasts dO^T and Q^T from the
+  // row-major tiles.  dV and dK are kept transposed ([D x 64], keys along the lanes) so that their products
+  // are whole 6 x 4-zmm register blocks with D = 72 unpadded; the keys nk.. of K^T and V^T are 0.
   void backward_fused_item(int64_t item, float* w) const {
     const int64_t seg = item / H;
     const int h = static_cast<int>(item - seg * H);
@@ -462,9 +463,9 @@ struct Attention {
     float* kt = w;                 // [Dp x 64]: K^T
     float* vt = kt + Dp * BK;      // [Dp x 64]: V^T
     float* krows = vt + Dp * BK;   // [64 x Dp]: K
-    float* dk = krows + BK * Dp;   // [64 x Dp]
-    float* dv = dk + BK * Dp;      // [64 x Dp]
-    float* q = dv + BK * Dp;       // [64 x Dp]: Q rotated and scaled
+    float* dkt = krows + BK * Dp;  // [Dp x 64]: dK^T
+    float* dvt = dkt + Dp * BK;    // [Dp x 64]: dV^T
+    float* q = dvt + Dp * BK;      // [64 x Dp]: Q rotated and scaled
     float* dout = q + BQ * Dp;     // [64 x Dp]
     float* s = dout + BQ * Dp;     // [64 x 64]: S, then P
     float* dp = s + BQ * BK;       // [64 x 64]: dP, then dS
@@ -484,8 +485,8 @@ struct Attention {
       const int nk16 = round_up(nk, VW);
       load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, krows, tmp, tmp2);
       load_tile_t(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, false, vt, nullptr, tmp, tmp2);
-      std::memset(dk, 0, sizeof(float) * nk * Dp);
-      std::memset(dv, 0, sizeof(float) * nk * Dp);
+      std::memset(dkt, 0, sizeof(float) * D * BK);
+      std::memset(dvt, 0, sizeof(float) * D * BK);
       for (int64_t q0 = start; q0 < start + len; q0 += BQ) {
         const int nq = static_cast<int>(start + len - q0 < BQ ? start + len - q0 : BQ);
         load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, nq, true, p.scale, q, tmp);
@@ -495,17 +496,18 @@ struct Attention {
         bcast_gemm<BcastMode::kStore>(q, Dp, 1, kt, kLdS, s, kLdS, nq, nk16, D);
         bcast_gemm<BcastMode::kStore>(dout, Dp, 1, vt, kLdS, dp, kLdS, nq, nk16, D);
         softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk);
-        bcast_gemm<BcastMode::kAdd>(s, 1, kLdS, dout, Dp, dv, Dp, nk, Dp, nq);  // dV += P^T dO
-        bcast_gemm<BcastMode::kAdd>(dp, 1, kLdS, q, Dp, dk, Dp, nk, Dp, nq);    // dK += dS^T Q (scaled)
+        bcast_gemm<BcastMode::kAdd>(dout, 1, Dp, s, kLdS, dvt, kLdS, D, nk16, nq);  // dV^T += dO^T P
+        bcast_gemm<BcastMode::kAdd>(q, 1, Dp, dp, kLdS, dkt, kLdS, D, nk16, nq);    // dK^T += Q^T dS (scaled)
         bcast_gemm<BcastMode::kAdd>(dp, kLdS, 1, krows, Dp, dqa + (q0 - start) * Dp, Dp, nq, Dp, nk);  // dQ += dS K
       }
       for (int j = 0; j < nk; ++j) {
         T* dkr = dkx + (k0 + j) * p.dk_stride_token + h * p.dk_stride_head;
         T* dvr = dvx + (k0 + j) * p.dv_stride_token + h * p.dv_stride_head;
-        rotate_row(dk + j * Dp, k0 + j, -1.0f, 1.0f, tmp);
+        for (int d = 0; d < D; ++d) tmp2[d] = dkt[d * BK + j];
+        rotate_row(tmp2, k0 + j, -1.0f, 1.0f, tmp);
         for (int d = 0; d < D; ++d) {
           dkr[d] = from_float<T>(tmp[d]);
-          dvr[d] = from_float<T>(dv[j * Dp + d]);
+          dvr[d] = from_float<T>(dvt[d * BK + j]);
         }
       }
     }

@@ -167,7 +167,7 @@ static inline float hsum(vnat v) {
 // row-major, N a multiple of kGemmChunk.  Register block: kBcastRows rows x kBcastChunks chunks of 16 floats.
 #if defined(__AVX512F__)
 constexpr int kBcastRows = 6;    // 6 x 4 zmm = 24 accumulators + 4 B vectors + 1 broadcast of 32 registers
-constexpr int kBcastChunks = 4;
+constexpr int kBcastChunks = 4;  // (a last panel of 5 or 6 chunks runs whole, 4 rows at a time: see bcast_rows)
 #elif defined(__AVX2__)
 constexpr int kBcastRows = 6;    // 6 x 2 ymm = 12 accumulators + 2 B vectors + 1 broadcast of 16 registers
 constexpr int kBcastChunks = 1;
@@ -175,6 +175,12 @@ constexpr int kBcastChunks = 1;
 constexpr int kBcastRows = 2;    // 2 x 4 xmm = 8 accumulators + 4 B vectors + 1 broadcast of 16 registers
 constexpr int kBcastChunks = 1;
 #endif
+
+// Rows per register block for a panel of NV chunks: 4 x 5 or 4 x 6 zmm (N = 80, 96 in one panel) still fit.
+template <int NV>
+constexpr int bcast_rows() {
+  return NV <= kBcastChunks ? kBcastRows : 4;
+}
 
 // What a block does with C: kStore (C = A B), kAdd (C += A B), kScaleAdd (C = C * aux + A B: aux scales
 // column by column), kStoreColMax (C = A B, and aux[n] = max(aux[n], max over the block's rows of C[., n])).
@@ -214,8 +220,8 @@ static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const 
   }
 }
 
-// The rows of one column panel: whole register blocks, then the remaining M % kBcastRows rows in one block.
-template <int NV, BcastMode kMode, int R = kBcastRows - 1>
+// The rows of one column panel: whole register blocks, then the remaining rows in one block.
+template <int NV, BcastMode kMode, int R = bcast_rows<NV>() - 1>
 static inline void bcast_tail(int rows, const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C,
                               int ldc, int K, float* aux) {
   if constexpr (R > 0) {
@@ -227,9 +233,9 @@ static inline void bcast_tail(int rows, const float* A, int64_t lda, int64_t ldk
 template <int NV, BcastMode kMode>
 static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
                         int K, float* aux) {
+  constexpr int RI = bcast_rows<NV>();
   int m = 0;
-  for (; m + kBcastRows <= M; m += kBcastRows)
-    bcast_kernel<kBcastRows, NV, kMode>(A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
+  for (; m + RI <= M; m += RI) bcast_kernel<RI, NV, kMode>(A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
   if (m < M) bcast_tail<NV, kMode>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
 }
 
@@ -239,19 +245,27 @@ static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B
 template <BcastMode kMode>
 static void bcast_gemm(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
                        int N, int K, float* aux = nullptr) {
-  for (int n0 = 0; n0 < N; n0 += kBcastChunks * kGemmChunk) {
-    const int nv = (N - n0) / kGemmChunk < kBcastChunks ? (N - n0) / kGemmChunk : kBcastChunks;
+  for (int n0 = 0; n0 < N;) {
+    const int left = (N - n0) / kGemmChunk;
+#if defined(__AVX512F__)
+    const int nv = left <= 6 ? left : kBcastChunks;
+#else
+    const int nv = 1;
+#endif
     float* x = aux != nullptr ? aux + n0 : nullptr;
     switch (nv) {
       case 1: bcast_panel<1, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
 #if defined(__AVX512F__)
       case 2: bcast_panel<2, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
       case 3: bcast_panel<3, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
-      default: bcast_panel<4, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      case 4: bcast_panel<4, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      case 5: bcast_panel<5, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      default: bcast_panel<6, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
 #else
       default: break;
 #endif
     }
+    n0 += nv * kGemmChunk;
   }
 }
 static_assert(kBcastChunks == 1 || kBcastChunks == 4, "bcast_gemm's panel switch");
