@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .chat_template import DEFAULT_CHAT_TEMPLATE
+from .chat_template import DEFAULT_CHAT_TEMPLATE, default_chat_template
 from .config import ProcessingConfig, resolve_config
 from .preprocess import VisualInputs, preprocess_images, preprocess_videos
 from .processor_files import read_processor_files
@@ -80,6 +80,18 @@ def _frames_array(video) -> np.ndarray | torch.Tensor:
     return video
 
 
+def placeholder_tokens(tokenizer) -> tuple[str, str]:
+    """(image_token, video_token): the attribute-or-default rule of transformers' VideoLlama3Processor.__init__."""
+    return (getattr(tokenizer, "image_token", None) or "<|image_pad|>",
+            getattr(tokenizer, "video_token", None) or "<|video_pad|>")
+
+
+def checkpoint_chat_template(files, tokenizer) -> str | dict:
+    """A checkpoint's chat template(s): its processor files' (`ProcessorFiles.chat_template`), else its
+    tokenizer's, else `DEFAULT_CHAT_TEMPLATE`."""
+    return files.chat_template or getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+
+
 def _metadata_value(md, key):
     if md is None:
         return None
@@ -102,9 +114,7 @@ class VideoLLaMA3Processor:
         self.chat_template = chat_template
         self.use_token_compression = use_token_compression
         self.do_sample_frames = do_sample_frames
-        # the attribute-or-default rule of transformers' VideoLlama3Processor.__init__
-        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token, self.video_token = placeholder_tokens(tokenizer)
         self.image_token_id = self._token_id(self.image_token)
         self.video_token_id = self._token_id(self.video_token)
 
@@ -130,21 +140,16 @@ class VideoLLaMA3Processor:
             raise ValueError(f"{os.fspath(directory)!r}: cannot load the tokenizer ({e})") from e
         compression = overrides.pop("use_token_compression", files.use_token_compression)
         do_sample = overrides.pop("do_sample_frames", files.do_sample_frames)
-        template = files.chat_template or getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+        template = checkpoint_chat_template(files, tokenizer)
         return cls(tokenizer, resolve_config(files.config, overrides), chat_template=template,
                    use_token_compression=compression, do_sample_frames=do_sample)
 
     # ---- chat template ---------------------------------------------------------------------------------------------
     def _template(self, chat_template: str | None) -> str:
         """transformers' `_resolve_chat_template`: a name of one of the templates, or a template string."""
-        own = self.chat_template if self.chat_template is not None else DEFAULT_CHAT_TEMPLATE
+        own = self.chat_template
         if chat_template is None:
-            if isinstance(own, dict):
-                if "default" not in own:
-                    raise ValueError(f"the processor has several chat templates and none is named 'default'; pass "
-                                     f"chat_template= one of {sorted(own)}")
-                return own["default"]
-            return own
+            return default_chat_template(own)
         if isinstance(own, dict) and chat_template in own:
             return own[chat_template]
         return chat_template

@@ -1,6 +1,7 @@
 """`vllm serve` as a child process on a free 127.0.0.1 port, with bounded waits (tests and benchmarks)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -71,3 +72,13 @@ class Server:
         return self.proc.returncode
 
 
+@contextlib.contextmanager
+def running(ckpt: str, media_dir: str, log_path: Path, **kwargs):
+    """A started `Server` (ready), stopped on exit unless the caller stopped it."""
+    srv = Server(ckpt, media_dir, log_path, **kwargs)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        if srv.proc.poll() is None:
+            srv.stop()

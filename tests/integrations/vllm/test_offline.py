@@ -5,6 +5,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="the vLLM plugin tests run in .venv-vllm (make test-vllm)")
 
+from ._chat import image_video_messages, image_video_reference  # noqa: E402
 from .conftest import conversation, greedy, make_llm, vl3_reference  # noqa: E402
 
 CASES = {
@@ -49,6 +50,22 @@ def proc(tiny):
     from vl3fast.processing import VideoLLaMA3Processor
 
     return VideoLLaMA3Processor.from_pretrained(tiny["ckpt"]["native"])
+
+
+def check_chat(llm, tiny) -> None:
+    """`LLM.chat` renders the checkpoint's own chat template (through the plugin's renderer) to vl3fast's
+    prompt, token for token, and answers as vl3fast does; `add_system_prompt` reaches the template."""
+    ref = image_video_reference(tiny)
+    out = llm.chat(image_video_messages(tiny), greedy(), use_tqdm=False)[0]
+    assert list(out.prompt_token_ids) == ref["input_ids"]
+    assert list(out.outputs[0].token_ids) == ref["ids"]
+    out = llm.chat(image_video_messages(tiny), greedy(), use_tqdm=False,
+                   chat_template_kwargs={"add_system_prompt": True})[0]
+    assert list(out.prompt_token_ids) == ref["system_input_ids"]
+
+
+def test_chat_with_the_checkpoint_template(llm, tiny):
+    check_chat(llm, tiny)
 
 
 @pytest.mark.parametrize("name", list(CASES))

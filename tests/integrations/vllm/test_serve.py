@@ -13,14 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("vllm", reason="the vLLM plugin tests run in .venv-vllm (make test-vllm)")
 openai = pytest.importorskip("openai")
 
-from ._server import Server  # noqa: E402
+from ._chat import file_url, image_video_messages, image_video_reference  # noqa: E402
+from ._server import running  # noqa: E402
 from .conftest import MAX_NEW_TOKENS, QUESTION, vl3_reference  # noqa: E402
 
 REQUEST_TIMEOUT_S = 300
@@ -29,13 +29,8 @@ CONCURRENT = 16
 
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
-    srv = Server(tiny["ckpt"]["native"], tiny["media_dir"], tmp_path_factory.mktemp("serve") / "server.log")
-    try:
-        srv.wait_ready()
+    with running(tiny["ckpt"]["native"], tiny["media_dir"], tmp_path_factory.mktemp("serve") / "server.log") as srv:
         yield srv
-    finally:
-        if srv.proc.poll() is None:
-            srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +74,6 @@ def reference(tiny):
     return ref
 
 
-def file_url(path: str) -> str:
-    return Path(path).absolute().as_uri()
-
-
 def test_streamed_chat_equals_offline_answer(client, tiny, reference):
     chunks, usage = [], None
     for chunk in chat(client, file_url(tiny["media"]["clip"]), stream=True):
@@ -92,6 +83,23 @@ def test_streamed_chat_equals_offline_answer(client, tiny, reference):
     assert "".join(chunks) == reference["text"]
     assert usage.prompt_tokens == len(reference["input_ids"])
     assert usage.completion_tokens == MAX_NEW_TOKENS
+
+
+def check_image_video_chat(client, tiny) -> None:
+    """A chat with an image and a video, rendered by the checkpoint's chat template in the server: vl3fast's
+    prompt (usage.prompt_tokens) and answer; with `add_system_prompt`, vl3fast's prompt with the system turn."""
+    ref = image_video_reference(tiny)
+    out = client.chat.completions.create(model="vl3", messages=image_video_messages(tiny), max_tokens=MAX_NEW_TOKENS,
+                                         temperature=0.0, extra_body={"ignore_eos": True})
+    assert out.choices[0].message.content == ref["text"]
+    assert out.usage.prompt_tokens == len(ref["input_ids"])
+    out = client.chat.completions.create(model="vl3", messages=image_video_messages(tiny), max_tokens=1,
+                                         extra_body={"chat_template_kwargs": {"add_system_prompt": True}})
+    assert out.usage.prompt_tokens == len(ref["system_input_ids"])
+
+
+def test_chat_with_image_and_video(client, tiny):
+    check_image_video_chat(client, tiny)
 
 
 def test_prompt_tokens_equal_vl3fast_estimate(client, tiny, reference):

@@ -15,6 +15,8 @@ What runs where:
   each video becomes exactly its kept placeholders with the per-frame "Time t s:" text.
 - `model.py` (worker): vl3fast's vision encoder (the fused `rope2d_attention` op on packed frames,
   pruned rows dropped with `index_select`), projector, and vLLM's own Qwen2 as the LLM.
+- `chat.py` (API-server process): chats render with a template that writes one placeholder per image and
+  video (the checkpoint's own, or vl3fast's equivalent of the official per-frame template).
 - `media.py`: the "vl3fast" video loader (keeps a video's bytes for the processor instead of decoding
   it with OpenCV) and media given as strings (paths, file://, data:, http(s)).
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 SUPPORTED_VLLM = (">=0.32", "<0.33")
 ARCHITECTURES = ("VideoLlama3ForConditionalGeneration", "Videollama3Qwen2ForCausalLM")
 MODEL_CLASS = "vl3fast.integrations.vllm.model:VideoLLaMA3ForVLLM"
+RENDERER = ("vl3fast.integrations.vllm.chat", "VideoLLaMA3Renderer")
 
 
 def check_vllm_version(version: str) -> None:
@@ -47,10 +50,16 @@ def register() -> None:
     from vllm import ModelRegistry
 
     check_vllm_version(vllm.__version__)
+    from vllm.renderers.registry import RENDERER_REGISTRY
+
     from . import config, media
 
     config.register_official_config()
     media.register_media()
+    # vLLM picks renderers by tokenizer mode; chat.py's subclass of its HfRenderer maps the chat template for
+    # VideoLLaMA3 checkpoints only. Set directly (a lazy `module:class` pair, as `register()` stores it):
+    # `RendererRegistry.register` warns on every re-registration, and this runs in every vLLM process.
+    RENDERER_REGISTRY.renderers["hf"] = RENDERER
     for arch in ARCHITECTURES:  # re-registering is harmless: vLLM overwrites the entry
         ModelRegistry.register_model(arch, MODEL_CLASS)
 
