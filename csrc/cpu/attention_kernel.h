@@ -524,7 +524,7 @@ struct Attention {
         prefetch_rows(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + BQ, start + len);
         bcast_gemm<BcastMode::kStore>(q, Dp, 1, kt, kLdS, s, kLdS, nq, nk16, D);
         bcast_gemm<BcastMode::kStore>(dout, Dp, 1, vt, kLdS, dp, kLdS, nq, nk16, D);
-        softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk);
+        softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk, len <= BK);
         bcast_gemm<BcastMode::kAdd>(dout, 1, Dp, s, kLdS, dvt, kLdS, D, nk16, nq);  // dV^T += dO^T P
         bcast_gemm<BcastMode::kAdd>(q, 1, Dp, dp, kLdS, dkt, kLdS, D, nk16, nq);    // dK^T += Q^T dS (scaled)
         bcast_gemm<BcastMode::kAdd>(dp, kLdS, 1, krows, Dp, dqa + (q0 - start) * Dp, Dp, nq, Dp, nk);  // dQ += dS K

@@ -223,21 +223,19 @@ constexpr int bcast_rows() {
 
 // What a block does with C: kStore (C = A B), kAdd (C += A B), kScaleAdd (C = C * aux + A B: aux scales
 // column by column), kStoreColMax (C = A B, and aux[n] = max(aux[n], max over the block's rows of C[., n])).
+// A B is summed from zero in registers and C added after it, and bcast_panel splits K into chunks of
+// kBcastKBlock (the first chunk in kMode, the rest as kAdd; the column max after the last): the rounding of a
+// long serial chain over K grows with K (vec_math's gemm blocks its K for the same reason, kGemmKBlock).
 enum class BcastMode { kStore, kAdd, kScaleAdd, kStoreColMax };
+constexpr int kBcastKBlock = 128;  // K of every product of head dims <= 128 in one chunk (no cost there)
 
 template <int RI, int NV, BcastMode kMode>
 static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc,
                                 int K, float* aux) {
   constexpr int NN = NV * kGemmChunk / kLanes;
   vnat c[RI][NN];
-  for (int n = 0; n < NN; ++n) {
-    const vnat s = kMode == BcastMode::kScaleAdd ? vload(aux + n * kLanes) : vnat{};
-    for (int r = 0; r < RI; ++r) {
-      if constexpr (kMode == BcastMode::kAdd) c[r][n] = vload(C + r * ldc + n * kLanes);
-      else if constexpr (kMode == BcastMode::kScaleAdd) c[r][n] = vload(C + r * ldc + n * kLanes) * s;
-      else c[r][n] = vnat{};
-    }
-  }
+  for (int r = 0; r < RI; ++r)
+    for (int n = 0; n < NN; ++n) c[r][n] = vnat{};
   const float* a = A;
   const float* b_row = B;
   for (int kk = 0; kk < K; ++kk, a += ldk, b_row += ldb) {
@@ -248,8 +246,15 @@ static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const 
       for (int n = 0; n < NN; ++n) c[r][n] += ar * b[n];
     }
   }
-  for (int r = 0; r < RI; ++r)
-    for (int n = 0; n < NN; ++n) vstore(C + r * ldc + n * kLanes, c[r][n]);
+  for (int n = 0; n < NN; ++n) {
+    const vnat s = kMode == BcastMode::kScaleAdd ? vload(aux + n * kLanes) : vnat{};
+    for (int r = 0; r < RI; ++r) {
+      float* cr = C + r * ldc + n * kLanes;
+      if constexpr (kMode == BcastMode::kAdd) vstore(cr, vload(cr) + c[r][n]);
+      else if constexpr (kMode == BcastMode::kScaleAdd) vstore(cr, vload(cr) * s + c[r][n]);
+      else vstore(cr, c[r][n]);
+    }
+  }
   if constexpr (kMode == BcastMode::kStoreColMax) {
     for (int n = 0; n < NN; ++n) {
       vnat mx = vload(aux + n * kLanes);
@@ -273,6 +278,21 @@ template <int NV, BcastMode kMode>
 static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
                         int K, float* aux) {
   constexpr int RI = bcast_rows<NV>();
+  if (K > kBcastKBlock) {  // first chunk as kMode (kStoreColMax: plain store), the rest added, then the max
+    constexpr BcastMode kFirst = kMode == BcastMode::kStoreColMax ? BcastMode::kStore : kMode;
+    bcast_panel<NV, kFirst>(A, lda, ldk, B, ldb, C, ldc, M, kBcastKBlock, aux);
+    for (int k0 = kBcastKBlock; k0 < K; k0 += kBcastKBlock) {
+      const int kb = K - k0 < kBcastKBlock ? K - k0 : kBcastKBlock;
+      bcast_panel<NV, BcastMode::kAdd>(A + k0 * ldk, lda, ldk, B + static_cast<int64_t>(k0) * ldb, ldb, C, ldc, M,
+                                       kb, nullptr);
+    }
+    if constexpr (kMode == BcastMode::kStoreColMax) {
+      for (int r = 0; r < M; ++r)
+        for (int n = 0; n < NV * kGemmChunk; n += kLanes)
+          vstore(aux + n, vmaximum(vload(aux + n), vload(C + r * ldc + n)));
+    }
+    return;
+  }
   int m = 0;
   for (; m + RI <= M; m += RI) bcast_kernel<RI, NV, kMode>(A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
   if (m < M) bcast_tail<NV, kMode>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
