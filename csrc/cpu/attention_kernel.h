@@ -303,18 +303,47 @@ struct Attention {
     }
   }
 
-  // P = exp(S - lse) and dS = P * (dP - delta) for rows < nq, columns < nk; P overwrites S, dS overwrites dP.
-  void softmax_grad(float* s, float* dp, const float* lse_i, const float* delta_i, int nq, int nk) const {
+  // P and dS = P * (dP - delta) for rows < nq, columns < nk; P overwrites S, dS overwrites dP.
+  //
+  // A tile that holds every key of its rows (`whole_rows`: a segment of <= 64 tokens) recomputes the
+  // softmax exactly as torch's does, P = exp(S - rowmax) / rowsum, and takes delta = rowsum(P * dP) from
+  // the same tile.  On a segment of 2 or 3 keys dP - delta is a small difference (for 2 keys it is
+  // P_other * (dP_j - dP_other)), and only a delta built from the same P and dP lets the rounding of dP and
+  // of sum(P) cancel in it; rowsum(dO * O) carries the forward's independent rounding of O, and
+  // exp(S - lse) carries that of lse (the forward's accumulation order, its exp), together 2-9x torch's
+  // dq/dk/dv error there.  A 1-key row gets P = 1 and dS = 0 exactly (its exact dq, dk are 0).
+  // Longer segments span several key tiles: P = exp(S - lse), delta = delta_i (compute_delta).
+  // Columns nk..round_up(nk, 16) of S and dP are zeroed in the whole-row case.
+  void softmax_grad(float* s, float* dp, const float* lse_i, const float* delta_i, int nq, int nk,
+                    bool whole_rows) const {
+    const int nk16 = round_up(nk, VW);
     for (int i = 0; i < nq; ++i) {
       float* si = s + i * kLdS;
       float* dpi = dp + i * kLdS;
-      const float li = lse_i[i], di = delta_i[i];
+      float di = delta_i[i];
+      if (whole_rows) {
+        float mx = si[0];
+        for (int j = 1; j < nk; ++j) mx = si[j] > mx ? si[j] : mx;
 #pragma omp simd
-      for (int j = 0; j < nk; ++j) {
-        const float pij = exp_nonpositive(si[j] - li);
-        si[j] = pij;
-        dpi[j] = pij * (dpi[j] - di);
+        for (int j = 0; j < nk; ++j) si[j] = exp_nonpositive_precise(si[j] - mx);
+        for (int j = nk; j < nk16; ++j) si[j] = dpi[j] = 0.0f;
+        vnat sum = vnat{};
+        for (int j = 0; j < nk16; j += kLanes) sum += vload(si + j);
+        const float inv = 1.0f / hsum(sum);
+        vnat acc = vnat{};
+        for (int j = 0; j < nk16; j += kLanes) {
+          const vnat pj = vload(si + j) * inv;
+          vstore(si + j, pj);
+          acc += pj * vload(dpi + j);
+        }
+        di = hsum(acc);
+      } else {
+        const float li = lse_i[i];
+#pragma omp simd
+        for (int j = 0; j < nk; ++j) si[j] = exp_nonpositive_precise(si[j] - li);
       }
+#pragma omp simd
+      for (int j = 0; j < nk; ++j) dpi[j] = si[j] * (dpi[j] - di);
     }
   }
 
@@ -364,7 +393,7 @@ struct Attention {
       prefetch_rows(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + BQ, start + len);
       gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
       gemm(dout, Dp, vt, kLdS, dp, kLdS, mq, nk16, D, false);
-      softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk);
+      softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk, len <= BK);
       transpose(s, pt, nq, nk);
       transpose(dp, dst, nq, nk);
       gemm(pt, kLdS, dout, Dp, dv, Dp, mk, Dp, nq, true);
@@ -421,7 +450,7 @@ struct Attention {
       prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
       gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
       gemm(dout, Dp, vt, kLdS, dp, kLdS, mq, nk16, D, false);
-      softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk);
+      softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk, len <= BK);
       gemm(dp, kLdS, krows, Dp, dq, Dp, mq, Dp, nk, true);
     }
 

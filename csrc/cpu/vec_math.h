@@ -55,14 +55,22 @@ static inline vnat vbroadcast(const float* p) {
 
 static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-// C[RI x 16*NV] (+)= A[RI x K] B[K x 16*NV]; accumulators stay in registers.
+// The contraction is summed in blocks of kGemmKBlock: each block's sum starts from zero in registers and
+// is then added to C.  One serial chain over K = 256 (the head dim of q.k^T and dO.v^T) has ~3x the
+// rounding error of 16-term blocks (rms, measured: 3.0e-7 vs 1.1e-7 at K = 256, 1.6e-7 vs 8.7e-8 at
+// K = 80), and torch's own small matmuls are blocked or lane-strided, so a serial chain alone put the
+// kernel's fp32 dq/dk/out beyond 2x torch's error (the tolerance rule of tests/ops/test_attention.py).
+constexpr int kGemmKBlock = 16;
+
+// C[RI x 16*NV] = A[RI x K] B[K x 16*NV] (+ C when `accumulate`, added after the sum); accumulators stay in
+// registers.
 template <int RI, int NV>
 static inline void micro_kernel(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int K,
                                 bool accumulate) {
   constexpr int NN = NV * kGemmChunk / kLanes;
   vnat c[RI][NN];
   for (int r = 0; r < RI; ++r)
-    for (int n = 0; n < NN; ++n) c[r][n] = accumulate ? vload(C + r * ldc + n * kLanes) : vnat{};
+    for (int n = 0; n < NN; ++n) c[r][n] = vnat{};
   for (int kk = 0; kk < K; ++kk) {
     vnat b[NN];
     for (int n = 0; n < NN; ++n) b[n] = vload(B + static_cast<int64_t>(kk) * ldb + n * kLanes);
@@ -72,14 +80,24 @@ static inline void micro_kernel(const float* A, int lda, const float* B, int ldb
     }
   }
   for (int r = 0; r < RI; ++r)
-    for (int n = 0; n < NN; ++n) vstore(C + r * ldc + n * kLanes, c[r][n]);
+    for (int n = 0; n < NN; ++n) {
+      float* cr = C + r * ldc + n * kLanes;
+      vstore(cr, accumulate ? vload(cr) + c[r][n] : c[r][n]);
+    }
 }
 
 template <int NV>
 static void gemm_columns(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int M, int K,
                          bool accumulate) {
-  for (int m = 0; m < M; m += kRowBlock)
-    micro_kernel<kRowBlock, NV>(A + m * lda, lda, B, ldb, C + m * ldc, ldc, K, accumulate);
+  for (int m = 0; m < M; m += kRowBlock) {
+    int k0 = 0;
+    do {  // at least once: K = 0 still writes C
+      const int kb = K - k0 < kGemmKBlock ? K - k0 : kGemmKBlock;
+      micro_kernel<kRowBlock, NV>(A + m * lda + k0, lda, B + static_cast<int64_t>(k0) * ldb, ldb, C + m * ldc, ldc,
+                                  kb, accumulate || k0 > 0);
+      k0 += kGemmKBlock;
+    } while (k0 < K);
+  }
 }
 
 // C[M x N] (+)= A[M x K] B[K x N]; M a multiple of 4 (tiles are padded), N a multiple of 16.
@@ -115,6 +133,27 @@ static inline float exp_nonpositive(float x) {
   p = p * g + 0.5f;
   p = p * g + 1.0f;
   p = p * g + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// exp(x) for x <= 0 to about 1 ulp (the backward's softmax, whose P enters dv = P^T dO directly, so its
+// error must match torch's ~1 ulp expf): Cody-Waite reduction x = n ln2 + r with ln2 split in two (n * the
+// high part is exact), then Cephes' degree-5 minimax polynomial for exp(r) - 1 - r on |r| <= ln2 / 2.
+// exp_nonpositive instead rounds x * log2(e) first, which costs up to |x| * 2^-24 of relative error.
+static inline float exp_nonpositive_precise(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
