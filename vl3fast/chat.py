@@ -35,9 +35,9 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[str, to
     """(device, dtype, how it was chosen) for a chat run.
 
     device: None -> "cuda" when vl3fast's CUDA kernels can run here (`vl3fast.cuda_available`: built with
-    them and a device visible; torch seeing a GPU is not enough for a CPU-only build), else "cpu".  dtype: None -> bfloat16 on CUDA (the
-    tensor-core attention and half the memory; float32 runs there too, on the simple kernel) and
-    float32 on the CPU; "auto" -> the checkpoint's; otherwise a torch dtype name.
+    them and a device visible; torch seeing a GPU is not enough for a CPU-only build), else "cpu".
+    dtype: None -> bfloat16 on CUDA (the tensor-core attention and half the memory; float32 runs there too,
+    on the simple kernel) and float32 on the CPU; "auto" -> the checkpoint's; otherwise a torch dtype name.
     """
     device = device or ("cuda" if cuda_available() else "cpu")
     if dtype is None:

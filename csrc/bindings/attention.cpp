@@ -111,28 +111,16 @@ AttentionParams attention_params(const TensorRef& q, const TensorRef& k, const T
   expect_head_dim(head_dim, "rope2d_attention");
   expect_ref(cu_seqlens, "cu_seqlens", DType::kInt32, 1);
   expect(is_contiguous(cu_seqlens) && cu_seqlens.sizes[0] >= 1, "cu_seqlens: expected contiguous [S + 1]");
-  expect_ref(pos_hw, "pos_hw", DType::kInt32, 2);
-  expect(pos_hw.sizes[0] == q.sizes[0] && pos_hw.sizes[1] == 2 && is_contiguous(pos_hw),
-         "pos_hw: expected contiguous [T, 2]");
-  expect_ref(inv_freq, "inv_freq", DType::kFloat32, 1);
-  expect(inv_freq.sizes[0] == head_dim / 4 && is_contiguous(inv_freq), "inv_freq: expected contiguous [D / 4]");
+  expect_rope_inputs(pos_hw, inv_freq, q.sizes[0], head_dim);
   expect_ref(lse, "lse", DType::kFloat32, 2);
   expect(lse.sizes[0] == q.sizes[1] && lse.sizes[1] == q.sizes[0] && is_contiguous(lse), "lse: expected contiguous [H, T]");
   expect_ref(workspace, "workspace", DType::kUInt8, 1);
   expect(std::isfinite(scale) && scale > 0, "rope2d_attention: scale must be finite and positive");
   AttentionParams p;
-  p.q = q.data;
-  p.k = k.data;
-  p.v = v.data;
-  p.q_stride_token = q.strides[0];
-  p.q_stride_head = q.strides[1];
-  p.k_stride_token = k.strides[0];
-  p.k_stride_head = k.strides[1];
-  p.v_stride_token = v.strides[0];
-  p.v_stride_head = v.strides[1];
-  p.out = out.data;
-  p.out_stride_token = out.strides[0];
-  p.out_stride_head = out.strides[1];
+  set_thd(q, p.q, p.q_stride_token, p.q_stride_head);
+  set_thd(k, p.k, p.k_stride_token, p.k_stride_head);
+  set_thd(v, p.v, p.v_stride_token, p.v_stride_head);
+  set_thd(out, p.out, p.out_stride_token, p.out_stride_head);
   p.lse = static_cast<float*>(lse.data);
   p.cu_seqlens = static_cast<const int32_t*>(cu_seqlens.data);
   p.pos_hw = static_cast<const int32_t*>(pos_hw.data);
@@ -232,18 +220,10 @@ void rope2d_attention_backward(const TensorRef& q, const TensorRef& k, const Ten
   expect_thd(dq, q, "dq");
   expect_thd(dk, q, "dk");
   expect_thd(dv, q, "dv");
-  p.dout = dout.data;
-  p.dout_stride_token = dout.strides[0];
-  p.dout_stride_head = dout.strides[1];
-  p.dq = dq.data;
-  p.dk = dk.data;
-  p.dv = dv.data;
-  p.dq_stride_token = dq.strides[0];
-  p.dq_stride_head = dq.strides[1];
-  p.dk_stride_token = dk.strides[0];
-  p.dk_stride_head = dk.strides[1];
-  p.dv_stride_token = dv.strides[0];
-  p.dv_stride_head = dv.strides[1];
+  set_thd(dout, p.dout, p.dout_stride_token, p.dout_stride_head);
+  set_thd(dq, p.dq, p.dq_stride_token, p.dq_stride_head);
+  set_thd(dk, p.dk, p.dk_stride_token, p.dk_stride_head);
+  set_thd(dv, p.dv, p.dv_stride_token, p.dv_stride_head);
   run_attention(p, true, v, &dout, max_seqlen, device, stream, which);
 }
 
@@ -258,9 +238,7 @@ void attn_tc_prepass(const TensorRef& q, const TensorRef& k, const TensorRef& v,
   AttentionParams p = attention_params(q, k, v, cu_seqlens, pos_hw, inv_freq, out, lse, workspace, scale, backward,
                                        device, "cuda_tensor_core");
   expect_thd(dout, q, "dout");
-  p.dout = dout.data;
-  p.dout_stride_token = dout.strides[0];
-  p.dout_stride_head = dout.strides[1];
+  set_thd(dout, p.dout, p.dout_stride_token, p.dout_stride_head);
 #ifdef VL3FAST_WITH_CUDA
   expect_vector_aligned(v, "v");
   expect_vector_aligned(dout, "dout");

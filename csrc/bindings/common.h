@@ -31,6 +31,26 @@ inline void expect_head_dim(int64_t head_dim, const char* op) {
                                            ", " + std::to_string(kMaxHeadDim) + "], got " + std::to_string(head_dim));
 }
 
+// The RoPE inputs of apply_rope2d and rope2d attention: pos_hw int32 [T, 2] and inv_freq float32 [D / 4],
+// both contiguous.
+inline void expect_rope_inputs(const TensorRef& pos_hw, const TensorRef& inv_freq, int64_t num_tokens,
+                               int64_t head_dim) {
+  expect_ref(pos_hw, "pos_hw", DType::kInt32, 2);
+  expect(pos_hw.sizes[0] == num_tokens && pos_hw.sizes[1] == 2 && is_contiguous(pos_hw),
+         "pos_hw: expected contiguous [T, 2]");
+  expect_ref(inv_freq, "inv_freq", DType::kFloat32, 1);
+  expect(inv_freq.sizes[0] == head_dim / 4 && is_contiguous(inv_freq), "inv_freq: expected contiguous [D / 4]");
+}
+
+// A [T, H, D] operand into its params fields: the data pointer and the token and head strides (the last
+// dim is contiguous, checked by the caller).
+template <typename Ptr>
+void set_thd(const TensorRef& t, Ptr& data, int64_t& stride_token, int64_t& stride_head) {
+  data = static_cast<Ptr>(t.data);
+  stride_token = t.strides[0];
+  stride_head = t.strides[1];
+}
+
 void bind_info(pybind11::module_& m);       // info.cpp: version, ISA levels, CUDA archs and devices
 void bind_rope(pybind11::module_& m);       // rope.cpp: position ids and the standalone 2D RoPE
 void bind_attention(pybind11::module_& m);  // attention.cpp: rope2d attention forward/backward

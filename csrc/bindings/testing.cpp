@@ -38,12 +38,18 @@ py::dict attn_tc_plan(const std::vector<int32_t>& cu_seqlens, int64_t num_tokens
   return d;
 }
 
-py::dict attn_tc_layout(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim, bool backward) {
-  const attn_tc::Workspace w = attn_tc::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward);
+// The offsets both CUDA workspaces start with (attn_tc::WorkspaceHead).
+py::dict head_layout(const attn_tc::WorkspaceHead& w) {
   py::dict d;
   d["status"] = w.status;
   d["block_start"] = w.block_start;
   d["cos_sin"] = w.cos_sin;
+  return d;
+}
+
+py::dict attn_tc_layout(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim, bool backward) {
+  const attn_tc::Workspace w = attn_tc::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward);
+  py::dict d = head_layout(w);
   d["k_rot"] = w.k_rot;
   d["q_rot"] = w.q_rot;
   d["delta"] = w.delta;
@@ -244,10 +250,7 @@ py::dict attn_tc_schedule(const std::vector<int32_t>& cu_seqlens, int64_t num_to
 
 py::dict attn_simple_layout(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim, bool backward) {
   const attn_simple::Workspace w = attn_simple::workspace_layout(num_tokens, num_segments, num_heads, head_dim, backward);
-  py::dict d;
-  d["status"] = w.status;
-  d["block_start"] = w.block_start;
-  d["cos_sin"] = w.cos_sin;
+  py::dict d = head_layout(w);
   d["delta"] = w.delta;
   d["total"] = w.total;
   d["block"] = attn_simple::kBlock;

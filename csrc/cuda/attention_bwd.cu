@@ -8,13 +8,14 @@
 //   dV += P^T dO, dK += dS^T Q (n-tiles of 8 over exactly D), dQ += dS K into an fp32 workspace with
 //   red.global.add (dS goes through shared memory to change its operand layout).
 // Epilogue: dV stored; dK * scale staged in fp32 shared memory and rotated back (inverse RoPE, so it is
-// the gradient of the un-rotated k).  dq is rotated back and scaled by attention.cu's finalize kernel.
+// the gradient of the un-rotated k).  dq is rotated back and scaled by dq_finalize_kernel (below).
 //
 // Compiles, unverified on a GPU (no device was available when written): see benchmarks/gpu/validate.sh.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "attention_common.cuh"
+#include "attention_prepass.cuh"
 #include "check.cuh"
 #include "mma.cuh"
 
@@ -245,21 +246,48 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_kernel(const AttnDevArgs a)
   }
 }
 
+// dq = scale * R^T dq_accum in the input dtype, after the main kernel has accumulated every dS K product.
+template <typename T, int D>
+__global__ void dq_finalize_kernel(const AttnDevArgs a) {
+  constexpr int HALF = D / 2;
+  const AttentionParams& p = a.p;
+  const int64_t total = p.num_tokens * p.num_heads * HALF;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  if (bad_cu_seqlens(a)) {  // the main backward kernel had no work: every gradient is NaN
+    fill_nan_thd(static_cast<T*>(p.dq), p.dq_stride_token, p.dq_stride_head, p);
+    fill_nan_thd(static_cast<T*>(p.dk), p.dk_stride_token, p.dk_stride_head, p);
+    fill_nan_thd(static_cast<T*>(p.dv), p.dv_stride_token, p.dv_stride_head, p);
+    return;
+  }
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += stride) {
+    const int j = static_cast<int>(i % HALF);
+    const int64_t th = i / HALF;
+    const int h = static_cast<int>(th % p.num_heads);
+    const int64_t t = th / p.num_heads;
+    const float* acc = a.dq_accum + (h * p.num_tokens + t) * D;
+    const float x = acc[j] * p.scale, y = acc[j + HALF] * p.scale;
+    const float2 cs = a.cos_sin[t * HALF + j];
+    T* out = static_cast<T*>(p.dq) + t * p.dq_stride_token + h * p.dq_stride_head;
+    out[j] = from_float<T>(x * cs.x + y * cs.y);
+    out[j + HALF] = from_float<T>(y * cs.x - x * cs.y);
+  }
+}
+
 }  // namespace
 
-void attention_bwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream) {
+// The whole backward call, (dtype, head dim) dispatched once: the pre-passes, the main kernel, dq finalized.
+void attention_tc_backward(const AttnDevArgs& a, int64_t max_seqlen, cudaStream_t s) {
   attn_tc_dispatch(a.p.dtype, a.p.head_dim, "rope2d_attention_backward", [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     constexpr int D = decltype(dim)::value;
-    const int smem = bwd_smem_bytes(D);
+    const AttentionParams& p = a.p;
+    tc_prepass<T, D>(a, max_seqlen, true, s);
     static_assert(bwd_smem_bytes(D) == bwd_smem(D).stats_byte + 2 * bwd_block_q(D) * 4, "carve-up = launched size");
-    auto kernel = attn_bwd_kernel<T, D>;
-    const std::string name = kernel_name("attn_bwd_kernel", a.p.dtype, D);
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-               name + " shared-memory attribute");
-    const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(a.p.num_heads));
-    kernel<<<grid, kThreads, smem, stream>>>(a);
-    check_launch(name, stream);
+    // The hint-free bound: the kernel computes one work item per CTA.
+    launch_main(attn_bwd_kernel<T, D>, "attn_bwd_kernel", a, bwd_smem_bytes(D),
+                launch_grid_x(p.num_tokens, p.num_segments, kBlockN, -1), kThreads, s);
+    dq_finalize_kernel<T, D><<<grid_for(p.num_tokens * p.num_heads * (D / 2), 256), 256, 0, s>>>(a);
+    check_launch(kernel_name("dq_finalize_kernel", p.dtype, D), s);
   });
 }
 

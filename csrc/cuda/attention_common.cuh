@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 
+#include "check.cuh"
 #include "vl3fast/attention_tc.h"
 #include "vl3fast/params.h"
 
@@ -99,11 +100,32 @@ __device__ inline void fill_nan_lse(const AttentionParams& p) {
 __device__ inline bool bad_cu_seqlens(const AttnDevArgs& a) { return (*a.status & attn_tc::kStatusBadCuSeqlens) != 0; }
 #endif
 
-// Defined in attention_fwd.cu / attention_bwd.cu (each instantiates the whole list through the dispatch).
-void attention_fwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream);
-void attention_bwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream);
-// The simple kernel (attention_simple.cu): forward, and the dK/dV then dQ passes of the backward.
-void attention_simple_fwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream);
-void attention_simple_bwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream);
+// attention.cu: the block-table scan of every call (it also checks cu_seqlens and the max_seqlen hint on the
+// device, into the status word) and checked mode's read of that status (a ValueError naming the argument).
+void launch_block_table(const AttnDevArgs& a, int block, int64_t max_seqlen, cudaStream_t s);
+void raise_on_status(const AttnDevArgs& a, int64_t max_seqlen, cudaStream_t s);
+
+// The call bodies.  Each resolves the call's (dtype, head dim) with one dispatch (attn_tc_dispatch for the
+// tensor-core kernel, the dtype alone for the simple kernel) and runs every launch of the call, pre-passes
+// included (attention_prepass.cuh), with the types it resolved.
+void attention_tc_forward(const AttnDevArgs& a, int64_t max_seqlen, cudaStream_t s);   // attention_fwd.cu
+void attention_tc_backward(const AttnDevArgs& a, int64_t max_seqlen, cudaStream_t s);  // attention_bwd.cu
+void attention_simple_call(const AttnDevArgs& a, int64_t max_seqlen, bool backward,     // attention_simple.cu
+                           cudaStream_t s);
+
+#ifdef __CUDACC__
+// One main kernel over (grid_x, heads) CTAs of `threads` with `smem` bytes of dynamic shared memory, named
+// for checked mode ("attn_fwd_kernel<bfloat16, 72>").
+template <typename Kernel>
+void launch_main(Kernel kernel, const char* base, const AttnDevArgs& a, int smem, int64_t grid_x, int threads,
+                 cudaStream_t s) {
+  const std::string name = kernel_name(base, a.p.dtype, a.p.head_dim);
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+             name + " shared-memory attribute");
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(a.p.num_heads));
+  kernel<<<grid, threads, smem, s>>>(a);
+  check_launch(name, s);
+}
+#endif
 
 }  // namespace vl3fast::cuda

@@ -15,6 +15,7 @@
 #include <cuda_fp16.h>
 
 #include "attention_common.cuh"
+#include "attention_prepass.cuh"
 #include "check.cuh"
 #include "mma.cuh"
 
@@ -223,19 +224,15 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnDevArgs a)
 
 }  // namespace
 
-void attention_fwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream) {
+// The whole forward call, (dtype, head dim) dispatched once: the pre-passes, then the main kernel.
+void attention_tc_forward(const AttnDevArgs& a, int64_t max_seqlen, cudaStream_t s) {
   attn_tc_dispatch(a.p.dtype, a.p.head_dim, "rope2d_attention", [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     constexpr int D = decltype(dim)::value;
-    const int smem = fwd_smem_bytes(D);
+    tc_prepass<T, D>(a, max_seqlen, false, s);
     static_assert(fwd_smem_bytes(D) == 2 * (fwd_smem(D).v0 + 2 * fwd_smem(D).v_buf), "carve-up = launched size");
-    auto kernel = attn_fwd_kernel<T, D>;
-    const std::string name = kernel_name("attn_fwd_kernel", a.p.dtype, D);
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-               name + " shared-memory attribute");
-    const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(a.p.num_heads));
-    kernel<<<grid, kThreads, smem, stream>>>(a);
-    check_launch(name, stream);
+    launch_main(attn_fwd_kernel<T, D>, "attn_fwd_kernel", a, fwd_smem_bytes(D),
+                launch_grid_x(a.p.num_tokens, a.p.num_segments, kBlockM, max_seqlen), kThreads, s);
   });
 }
 

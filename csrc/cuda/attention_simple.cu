@@ -15,9 +15,11 @@
 #include <cuda_fp16.h>
 
 #include "attention_common.cuh"
+#include "attention_prepass.cuh"
 #include "check.cuh"
-#include "mma.cuh"
+#include "convert.cuh"
 #include "vl3fast/attention_simple.h"
+#include "vl3fast/rope_math.h"
 
 namespace vl3fast::cuda {
 namespace {
@@ -26,8 +28,6 @@ using namespace attn_simple;
 using attn_tc::decode_work_item;
 using attn_tc::tile_count;
 using attn_tc::WorkItem;
-using tc::from_float;
-using tc::to_float;
 
 // tile[16 x D] (fp32) = rows [t0, t0 + n) of head h of x, rotated by the table and times `mult` when
 // `rotate`; rows >= n are zero.
@@ -216,6 +216,15 @@ __device__ void load_stats(float* lse_s, float* delta_s, const AttnDevArgs& a, i
   }
 }
 
+// The shared memory of both backward passes (bwd_smem_bytes), carved the same way: fp32 [16 x D] tiles of
+// k, v, q and dout, the [16 x 16] P and dS tiles ([query][key]), then lse and delta of the 16 queries.
+struct BwdTiles {
+  float *k, *v, *q, *dout, *p, *ds, *lse, *delta;
+  __device__ BwdTiles(float* smem, int D)
+      : k(smem), v(k + kBlock * D), q(v + kBlock * D), dout(q + kBlock * D), p(dout + kBlock * D),
+        ds(p + kBlock * kBlock), lse(ds + kBlock * kBlock), delta(lse + kBlock) {}
+};
+
 // dK and dV, one CTA per (16-key block, head), walking the segment's query tiles.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) simple_dkdv_kernel(const AttnDevArgs a) {
@@ -227,14 +236,9 @@ __global__ void __launch_bounds__(kThreads) simple_dkdv_kernel(const AttnDevArgs
   }
   const int D = p.head_dim, h = blockIdx.y, tid = threadIdx.x;
   extern __shared__ float smem[];
-  float* k_s = smem;
-  float* v_s = k_s + kBlock * D;
-  float* q_s = v_s + kBlock * D;
-  float* do_s = q_s + kBlock * D;
-  float* p_s = do_s + kBlock * D;  // [query][key]
-  float* ds_s = p_s + kBlock * kBlock;
-  float* lse_s = ds_s + kBlock * kBlock;
-  float* delta_s = lse_s + kBlock;
+  const BwdTiles tiles(smem, D);
+  float *k_s = tiles.k, *v_s = tiles.v, *q_s = tiles.q, *do_s = tiles.dout, *p_s = tiles.p, *ds_s = tiles.ds,
+        *lse_s = tiles.lse, *delta_s = tiles.delta;
 
   for (int w = blockIdx.x;; w += gridDim.x) {  // int32: block_start is int32
     const WorkItem it = decode_work_item(a.block_start, p.cu_seqlens, p.num_segments, p.num_tokens, kBlock, w);
@@ -296,14 +300,9 @@ __global__ void __launch_bounds__(kThreads) simple_dq_kernel(const AttnDevArgs a
   }
   const int D = p.head_dim, h = blockIdx.y, tid = threadIdx.x;
   extern __shared__ float smem[];
-  float* k_s = smem;
-  float* v_s = k_s + kBlock * D;
-  float* q_s = v_s + kBlock * D;
-  float* do_s = q_s + kBlock * D;
-  float* p_s = do_s + kBlock * D;
-  float* ds_s = p_s + kBlock * kBlock;
-  float* lse_s = ds_s + kBlock * kBlock;
-  float* delta_s = lse_s + kBlock;
+  const BwdTiles tiles(smem, D);
+  float *k_s = tiles.k, *v_s = tiles.v, *q_s = tiles.q, *do_s = tiles.dout, *p_s = tiles.p, *ds_s = tiles.ds,
+        *lse_s = tiles.lse, *delta_s = tiles.delta;
 
   for (int w = blockIdx.x;; w += gridDim.x) {  // int32: block_start is int32
     const WorkItem it = decode_work_item(a.block_start, p.cu_seqlens, p.num_segments, p.num_tokens, kBlock, w);
@@ -346,14 +345,19 @@ __global__ void __launch_bounds__(kThreads) simple_dq_kernel(const AttnDevArgs a
   }
 }
 
-template <typename Kernel>
-void launch(Kernel kernel, const char* base, const AttnDevArgs& a, int smem, int64_t grid_x, cudaStream_t s) {
-  const std::string name = kernel_name(base, a.p.dtype, a.p.head_dim);
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-             name + " shared-memory attribute");
-  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(a.p.num_heads));
-  kernel<<<grid, kThreads, smem, s>>>(a);
-  check_launch(name, s);
+// cos/sin of every token's D/2 pair angles (the simple kernel's table; the tensor-core pre-pass fuses it).
+__global__ void rope_table_kernel(const AttnDevArgs a) {
+  const AttentionParams& p = a.p;
+  const int half = p.head_dim / 2;
+  const int64_t total = p.num_tokens * half;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += stride) {
+    const int64_t t = i / half;
+    const int j = static_cast<int>(i % half);
+    float s, c;
+    sincosf(rope2d_angle(j, p.head_dim / 4, p.pos_hw[2 * t], p.pos_hw[2 * t + 1], p.inv_freq), &s, &c);
+    a.cos_sin[i] = make_float2(c, s);
+  }
 }
 
 void check_head_dim(const AttentionParams& p) {
@@ -364,19 +368,25 @@ void check_head_dim(const AttentionParams& p) {
 
 }  // namespace
 
-void attention_simple_fwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream) {
+// The whole call, its dtype dispatched once: the pre-passes (block table + checks, cos/sin table, delta for
+// the backward), then the forward kernel or the dK/dV and dQ passes.
+void attention_simple_call(const AttnDevArgs& a, int64_t max_seqlen, bool backward, cudaStream_t s) {
   check_head_dim(a.p);
-  VL3FAST_DISPATCH_FLOATING(a.p.dtype, float, __nv_bfloat16, __half, "rope2d_attention", [&] {
-    launch(simple_fwd_kernel<scalar_t>, "simple_fwd_kernel", a, fwd_smem_bytes(a.p.head_dim), grid_x, stream);
-  });
-}
-
-void attention_simple_bwd_main(const AttnDevArgs& a, int64_t grid_x, cudaStream_t stream) {
-  check_head_dim(a.p);
-  VL3FAST_DISPATCH_FLOATING(a.p.dtype, float, __nv_bfloat16, __half, "rope2d_attention_backward", [&] {
-    const int smem = bwd_smem_bytes(a.p.head_dim);
-    launch(simple_dkdv_kernel<scalar_t>, "simple_dkdv_kernel", a, smem, grid_x, stream);
-    launch(simple_dq_kernel<scalar_t>, "simple_dq_kernel", a, smem, grid_x, stream);
+  const AttentionParams& p = a.p;
+  VL3FAST_DISPATCH_FLOATING(p.dtype, float, __nv_bfloat16, __half,
+                            backward ? "rope2d_attention_backward" : "rope2d_attention", [&] {
+    begin_call<scalar_t>(a, kBlock, max_seqlen, backward, s);
+    rope_table_kernel<<<grid_for(p.num_tokens * (p.head_dim / 2), 256), 256, 0, s>>>(a);
+    check_launch("rope_table_kernel", s);
+    const int64_t grid_x = attn_tc::launch_grid_x(p.num_tokens, p.num_segments, kBlock, max_seqlen);
+    if (!backward) {
+      launch_main(simple_fwd_kernel<scalar_t>, "simple_fwd_kernel", a, fwd_smem_bytes(p.head_dim), grid_x, kThreads, s);
+      return;
+    }
+    launch_delta<scalar_t>(a, s);
+    const int smem = bwd_smem_bytes(p.head_dim);
+    launch_main(simple_dkdv_kernel<scalar_t>, "simple_dkdv_kernel", a, smem, grid_x, kThreads, s);
+    launch_main(simple_dq_kernel<scalar_t>, "simple_dq_kernel", a, smem, grid_x, kThreads, s);
   });
 }
 

@@ -17,19 +17,16 @@
 #include <cub/device/device_scan.cuh>
 
 #include "check.cuh"
+#include "convert.cuh"
 #include "launchers.h"
 #include "vl3fast/pruning.h"
 
 namespace vl3fast::cuda {
 namespace {
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
 template <typename T>
 __device__ __forceinline__ float abs_diff(const T* a, const T* b, int64_t e) {
-  return fabsf(to_f(a[e]) - to_f(b[e]));
+  return fabsf(to_float(a[e]) - to_float(b[e]));
 }
 
 constexpr int kWarpsPerBlock = 4;

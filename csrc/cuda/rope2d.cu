@@ -4,18 +4,12 @@
 #include <cuda_fp16.h>
 
 #include "check.cuh"
+#include "convert.cuh"
 #include "launchers.h"
 #include "vl3fast/rope_math.h"
 
 namespace vl3fast::cuda {
 namespace {
-
-__device__ __forceinline__ float load(const float* p) { return *p; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 
 template <typename T>
 __global__ void rope2d_kernel(Rope2dParams p) {
@@ -35,9 +29,9 @@ __global__ void rope2d_kernel(Rope2dParams p) {
     if (p.inverse) s = -s;
     const T* xi = x + t * p.x_stride_token + h * p.x_stride_head;
     T* oi = out + t * p.out_stride_token + h * p.out_stride_head;
-    const float a = load(xi + j), b = load(xi + j + half);
-    store(oi + j, a * c - b * s);
-    store(oi + j + half, b * c + a * s);
+    const float a = to_float(xi[j]), b = to_float(xi[j + half]);
+    oi[j] = from_float<T>(a * c - b * s);
+    oi[j + half] = from_float<T>(b * c + a * s);
   }
 }
 

@@ -17,7 +17,7 @@ from vl3fast.models.videollama3.vision import VisionEncoder
 
 from .tiny_vl3 import PROMPTS, VIDEO_ID, image_prompt, left_pad_batch, rel_err, video_pixels
 
-RTOL = 1e-4  # fp32 parity bar of issue 6
+RTOL = 1e-4  # fp32 parity bar against transformers, set by the model issue (#6)
 NEW_TOKENS = 16
 BACKENDS = ["reference", "vl3fast"]
 
@@ -256,8 +256,8 @@ def test_checkpoint_errors_name_the_problem(checkpoints, tmp_path):
 
 
 def test_more_bad_checkpoints_name_the_problem(checkpoints, tmp_path):
-    """The rest of issue 6's bad-input list: a file or a non-checkpoint directory, a config without a model type,
-    a conv patch embedding of another patch size, a sharded index whose shards are absent."""
+    """The rest of the model issue's (#6) bad-input list: a file or a non-checkpoint directory, a config without
+    a model type, a conv patch embedding of another patch size, a sharded index whose shards are absent."""
     _, dirs = checkpoints
     src = dirs["native"]
     with pytest.raises(ValueError, match="is a file, not a checkpoint directory"):

@@ -30,10 +30,8 @@ constexpr int kOwned = kBlock * ::vl3fast::kMaxHeadDim / kThreads;
 VL3FAST_HD int fwd_smem_bytes(int head_dim) { return 4 * (3 * kBlock * head_dim + kBlock * kBlock + 3 * kBlock); }
 VL3FAST_HD int bwd_smem_bytes(int head_dim) { return 4 * (4 * kBlock * head_dim + 2 * kBlock * kBlock + 2 * kBlock); }
 
-struct Workspace {
-  int64_t status = 0;       // int32 [1]: attn_tc::kStatus* bits
-  int64_t block_start = 0;  // int32 [S + 1]: 16-row work items before each segment
-  int64_t cos_sin = 0;      // float2 [T, D/2]
+// attn_tc::WorkspaceHead (status, block table of 16-row work items, cos/sin table), then:
+struct Workspace : attn_tc::WorkspaceHead {
   int64_t delta = 0;        // backward: float [H, T], rowsum(dout * out)
   int64_t total = 0;
 };
@@ -42,13 +40,8 @@ VL3FAST_HD Workspace workspace_layout(int64_t num_tokens, int64_t num_segments, 
                                       bool backward) {
   using attn_tc::align256;
   Workspace w;
-  int64_t at = 0;
-  w.status = at;
-  at += align256(4);
-  w.block_start = at;
-  at += align256((num_segments + 1) * 4);
-  w.cos_sin = at;
-  at += align256(num_tokens * (head_dim / 2) * 8);
+  static_cast<attn_tc::WorkspaceHead&>(w) = attn_tc::workspace_head(num_tokens, num_segments, head_dim);
+  int64_t at = w.head_end;
   if (backward) {
     w.delta = at;
     at += align256(num_tokens * num_heads * 4);

@@ -273,10 +273,31 @@ VL3FAST_HD int bwd_dq_col(int grp, int ntg, int t, int lane, int i) { return (gr
 
 // ---- workspace ----------------------------------------------------------------------------------
 
-struct Workspace {
+VL3FAST_HD int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The regions every CUDA attention workspace starts with (this kernel's and the simple kernel's,
+// attention_simple.h), written by the call's first pre-passes.
+struct WorkspaceHead {
   int64_t status = 0;       // int32 [1]: kStatus* bits of the device-side input checks
-  int64_t block_start = 0;  // int32 [S + 1]: work items (64-row blocks) before each segment
+  int64_t block_start = 0;  // int32 [S + 1]: work items (blocks of the kernel's rows) before each segment
   int64_t cos_sin = 0;      // float2 [T, D/2]: (cos, sin) of each token's pair angles
+  int64_t head_end = 0;     // the first byte after them
+};
+
+VL3FAST_HD WorkspaceHead workspace_head(int64_t num_tokens, int64_t num_segments, int head_dim) {
+  WorkspaceHead h;
+  int64_t at = 0;
+  h.status = at;
+  at += align256(4);
+  h.block_start = at;
+  at += align256((num_segments + 1) * 4);
+  h.cos_sin = at;
+  at += align256(num_tokens * (head_dim / 2) * 8);
+  h.head_end = at;
+  return h;
+}
+
+struct Workspace : WorkspaceHead {
   int64_t k_rot = 0;        // bf16/fp16 [H, T, D_qk]: rotated k, pad channels zero
   int64_t q_rot = 0;        // backward: rotated q, same layout
   int64_t delta = 0;        // backward: float [H, T], rowsum(dout * out)
@@ -284,19 +305,12 @@ struct Workspace {
   int64_t total = 0;
 };
 
-VL3FAST_HD int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
-
 VL3FAST_HD Workspace workspace_layout(int64_t num_tokens, int64_t num_segments, int num_heads, int head_dim,
                                       bool backward) {
   Workspace w;
+  static_cast<WorkspaceHead&>(w) = workspace_head(num_tokens, num_segments, head_dim);
   const int64_t th = num_tokens * num_heads;
-  int64_t at = 0;
-  w.status = at;
-  at += align256(4);
-  w.block_start = at;
-  at += align256((num_segments + 1) * 4);
-  w.cos_sin = at;
-  at += align256(num_tokens * (head_dim / 2) * 8);
+  int64_t at = w.head_end;
   w.k_rot = at;
   at += align256(th * qk_dim(head_dim) * 2);
   if (backward) {
