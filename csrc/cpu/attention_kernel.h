@@ -1,8 +1,9 @@
 // Packed 2D-RoPE attention, forward and backward, flash-style (compiled once per ISA level; see isa.h).
 //
-// Forward, per work item (segment, head, 256-query block): rotate and scale the query tile once, then
-// for each 64-key tile of the segment rotate K into a transposed tile, S = Q K^T, online softmax
-// (running max m and sum l per row), O += P V.  Writes out = O / l and lse = m + log(l).  Memory is
+// Forward, per work item (segment, head, 256-query block): rotate and scale the query tile once (as Q^T,
+// queries along the vector lanes), then for each 64-key tile of the segment rotate K, S^T = K Q^T, online
+// softmax down the columns (running max m and sum l per query), O^T += V^T P^T.  Writes out = O / l and
+// lse = m + log(l).  Memory is
 // O(T*D) for the cos/sin table plus per-thread tiles: never O(L^2).
 //
 // RoPE: cos/sin of every token's D/2 angles are computed once per call from pos_hw and inv_freq (fp32
@@ -19,7 +20,7 @@
 // are gradients with respect to the un-rotated inputs.
 //
 // All products are small fp32 GEMMs C[M x N] (+)= A[M x K] B[K x N] with N contiguous, computed by the
-// register-blocked micro-kernel of vec_math.h.
+// register-blocked micro-kernels of vec_math.h (gemm: backward; bcast_gemm: forward).
 //
 // Included by csrc/cpu/kernels/ only (compiled once per ISA level; everything is in the ISA's namespace).
 #pragma once
@@ -55,6 +56,7 @@ struct Attention {
   const int64_t* offsets;  // work items before each segment
   const float* cos_sin;    // [T, D]
   float* delta;            // [H, T]
+  float* dq_accum;         // [H, T, Dp] (fused backward)
   char* thread_base;
   int64_t thread_bytes;
 
@@ -67,6 +69,7 @@ struct Attention {
     offsets = reinterpret_cast<int64_t*>(base + w.offsets);
     cos_sin = reinterpret_cast<float*>(base + w.cos_sin);
     delta = reinterpret_cast<float*>(base + w.delta);
+    dq_accum = reinterpret_cast<float*>(base + w.dq_accum);
     thread_base = base + w.per_thread;
     thread_bytes = w.thread_bytes;
   }
@@ -203,75 +206,88 @@ struct Attention {
   }
 
   // ---------------------------------------------------------------------------------------------- forward
+  // Queries along the vector lanes: Q^T [D x 256] (rotated, scaled) is built once per work item, and per
+  // 64-key tile S^T = K Q^T [nk x 256] and O^T += V^T P^T [D x 256] run on bcast_gemm (vec_math.h), which
+  // broadcasts K's and V's elements from their row-major tiles, so no tile of K or V is transposed.  The
+  // online softmax then works down the columns of S^T: each lane is one query, so its max and sum are
+  // vertical vector operations (no horizontal reduction, no scalar work per query), the row max comes out
+  // of the q.k^T register blocks (kStoreColMax), and the rescale of O by exp(m_old - m_new) is folded into the
+  // accumulator load of the p.v product.  Keys are the contraction of p.v and the rows of S^T, so a partial
+  // tile computes only its nk keys and D = 72 costs 72 columns, not a padded 80.  The running max m is kept
+  // in log2 units (m * log2 e, rounded once per tile) and every exponent uses that same value, so its
+  // rounding cancels between the weights and the sum l.
   void forward_item(int64_t item, float* w) const {
     const ItemRows rows = item_rows(item, BQF);
     const int h = rows.head;
     const int64_t start = rows.seg_start, len = rows.seg_len;
     const int64_t q0 = rows.first;
     const int nq = rows.count;
-    const int mq = round_up(nq, 4);
+    const int nq16 = round_up(nq, VW);  // lanes computed: queries nq.. of the last chunk are zero columns
 
-    float* q = w;                 // [256 x Dp]
-    float* kt = q + BQF * Dp;     // [Dp x 64] (D rows used)
-    float* vt = kt + Dp * BK;     // [64 x Dp]
-    float* o = vt + BK * Dp;      // [256 x Dp]
-    float* s = o + BQF * Dp;      // [256 x 64]
-    float* m = s + BQF * BK;      // [256]
-    float* l = m + BQF;           // [256]
-    float* tmp = l + BQF;         // [Dp]
+    float* qt = w;                // [D x 256]: Q^T
+    float* ot = qt + D * BQF;     // [D x 256]: O^T
+    float* kr = ot + D * BQF;     // [64 x Dp]: rotated K rows
+    float* vr = kr + BK * Dp;     // [64 x Dp]: V rows
+    float* st = vr + BK * Dp;     // [64 x 256]: S^T, then P^T in place
+    float* m = st + BK * BQF;     // [256]: running max, log2 units
+    float* l = m + BQF;           // [256]: running sum
+    float* cm = l + BQF;          // [256]: the tile's column max, then exp(m_old - m_new)
+    float* tmp = cm + BQF;        // [Dp]
     float* tmp2 = tmp + Dp;       // [Dp]
 
     const T* qx = static_cast<const T*>(p.q);
     const T* kx = static_cast<const T*>(p.k);
     const T* vx = static_cast<const T*>(p.v);
-    load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, mq, true, p.scale, q, tmp);
-    for (int i = 0; i < mq; ++i) {
-      m[i] = -INFINITY;
-      l[i] = 0.0f;
+    for (int i = 0; i < nq16; ++i) {
+      if (i < nq) {
+        load_row(qx + (q0 + i) * p.q_stride_token + h * p.q_stride_head, tmp);
+        rotate_row(tmp, q0 + i, 1.0f, p.scale, tmp2);
+        for (int d = 0; d < D; ++d) qt[d * BQF + i] = tmp2[d];
+      } else {
+        for (int d = 0; d < D; ++d) qt[d * BQF + i] = 0.0f;
+      }
     }
-    std::memset(o, 0, sizeof(float) * mq * Dp);
 
+    const vnat log2e = vnat{} + 1.44269504088896341f;
     for (int64_t k0 = start; k0 < start + len; k0 += BK) {
       const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
-      load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, nullptr, tmp, tmp2);
-      load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vt, tmp);
+      const bool first = k0 == start;
+      load_tile(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, nk, true, 1.0f, kr, tmp);
+      load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vr, tmp);
       prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
       prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
-      const int nk16 = round_up(nk, VW);
-      gemm(q, Dp, kt, kLdS, s, kLdS, mq, nk16, D, false);
-      for (int i = 0; i < nq; ++i) {
-        // Whole-vector row max and sum with one tree reduction each: a scalar horizontal reduction
-        // per row (what `omp simd reduction` compiles to without -ffast-math) is a 16-deep add chain.
-        float* si = s + i * kLdS;
-        for (int j = nk; j < nk16; ++j) si[j] = -INFINITY;  // padded keys: exp gives ~0, not counted
-        vnat vmax = vload(si);
-        for (int j = kLanes; j < nk16; j += kLanes) vmax = vmaximum(vmax, vload(si + j));
-        const float row_max = hmax(vmax);
-        const float mx = row_max > m[i] ? row_max : m[i];
-        const float alpha = exp_nonpositive(m[i] - mx);  // m[i] = -inf on the first tile: alpha ~ 0
-        const vnat vmx = vbroadcast(&mx);
-        vnat vsum = vnat{};
-        for (int j = 0; j < nk16; j += kLanes) {
-          const vnat e = vexp_nonpositive(vload(si + j) - vmx);
-          vstore(si + j, e);
-          vsum += e;
-        }
-        m[i] = mx;
-        l[i] = l[i] * alpha + hsum(vsum);
-        float* oi = o + i * Dp;
-#pragma omp simd
-        for (int d = 0; d < Dp; ++d) oi[d] *= alpha;
+
+      for (int i = 0; i < nq16; i += kLanes) vstore(cm + i, vnat{} - INFINITY);
+      bcast_gemm<BcastMode::kStoreColMax>(kr, Dp, 1, qt, BQF, st, BQF, nk, nq16, D, cm);
+      for (int i = 0; i < nq16; i += kLanes) {  // m_new = max(m_old, tile max); cm <- exp(m_old - m_new)
+        const vnat tile_max = vload(cm + i) * log2e;
+        const vnat m_old = vload(m + i);
+        const vnat m_new = first ? tile_max : vmaximum(m_old, tile_max);
+        vstore(m + i, m_new);
+        vstore(cm + i, first ? vnat{} : vexp2_nonpositive(m_old - m_new));
       }
-      gemm(s, kLdS, vt, Dp, o, Dp, mq, Dp, nk, true);
+      for (int i = 0; i < nq16; i += kLanes) {  // P = 2^(S log2 e - m) down each column; l = l * alpha + sum
+        const vnat mi = vload(m + i);
+        vnat sum = vnat{};
+        float* sj = st + i;
+        for (int j = 0; j < nk; ++j, sj += BQF) {
+          const vnat e = vexp2_nonpositive(vload(sj) * log2e - mi);
+          vstore(sj, e);
+          sum += e;
+        }
+        vstore(l + i, first ? sum : vload(l + i) * vload(cm + i) + sum);
+      }
+      // O^T = O^T * alpha + V^T P^T: V's element (d, j) is vr[j * Dp + d].
+      if (first) bcast_gemm<BcastMode::kStore>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk);
+      else bcast_gemm<BcastMode::kScaleAdd>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk, cm);
     }
 
     T* out = static_cast<T*>(p.out);
     for (int i = 0; i < nq; ++i) {
       const float inv = 1.0f / l[i];
       T* dst = out + (q0 + i) * p.out_stride_token + h * p.out_stride_head;
-      const float* oi = o + i * Dp;
-      for (int d = 0; d < D; ++d) dst[d] = from_float<T>(oi[d] * inv);
-      p.lse[h * NT + q0 + i] = m[i] + std::log(l[i]);
+      for (int d = 0; d < D; ++d) dst[d] = from_float<T>(ot[d * BQF + i] * inv);
+      p.lse[h * NT + q0 + i] = m[i] * 0.693147180559945309f + std::log(l[i]);
     }
   }
 
@@ -464,8 +480,8 @@ struct Attention {
     }
   }
 
-  // A segment of at most kTinySegment tokens: all of its backward (dq, dk, dv) in one work item of pass 1,
-  // in fp64.  Its dq and dk are differences of nearly equal terms (2 keys: dS = P0 P1 (dP0 - dP1)), so
+  // A segment of at most kTinySegment tokens: all of its backward (dq, dk, dv) in one work item (pass 1 of
+  // the two-pass backward, which pass 2 then skips, or the fused item), in fp64.  Its dq and dk are differences of nearly equal terms (2 keys: dS = P0 P1 (dP0 - dP1)), so
   // every fp32 rounding on the way (q.k, dO.v, exp, the row sums) is as large as torch's whole error
   // there: the fp32 tile path measured up to 2.2x torch's dq/dk error on 2- and 3-token segments.  In fp64
   // the kernel's error is the final rounding to the output dtype.  The cost is O(L^2 D) per head, about
@@ -564,7 +580,90 @@ struct Attention {
     }
   }
 
+  // Fused backward, one work item per (segment, head), FlashAttention-2's loop: for each 64-key block
+  // (K, V rotated once), for each 64-query block: S = Q K^T, dP = dO V^T, P and dS (softmax_grad),
+  // dV^T += dO^T P, dK^T += Q^T dS, dQ += dS K, dQ accumulating in fp32 in dq_accum over the key blocks.
+  // Five products per tile pair, none on a transposed copy: bcast_gemm broadcasts dO^T and Q^T from the
+  // row-major tiles.  dV and dK are kept transposed ([D x 64], keys along the lanes) so that their products
+  // are whole 6 x 4-zmm register blocks with D = 72 unpadded; the keys nk.. of K^T and V^T are 0.
+  void backward_fused_item(int64_t item, float* w) const {
+    const int64_t seg = item / H;
+    const int h = static_cast<int>(item - seg * H);
+    const int64_t start = p.cu_seqlens[seg], len = p.cu_seqlens[seg + 1] - start;
+    if (len <= kTinySegment) return backward_tiny_segment({h, start, static_cast<int>(len), start, len}, w);
+
+    float* kt = w;                 // [Dp x 64]: K^T
+    float* vt = kt + Dp * BK;      // [Dp x 64]: V^T
+    float* krows = vt + Dp * BK;   // [64 x Dp]: K
+    float* dkt = krows + BK * Dp;  // [Dp x 64]: dK^T
+    float* dvt = dkt + Dp * BK;    // [Dp x 64]: dV^T
+    float* q = dvt + Dp * BK;      // [64 x Dp]: Q rotated and scaled
+    float* dout = q + BQ * Dp;     // [64 x Dp]
+    float* s = dout + BQ * Dp;     // [64 x 64]: S, then P
+    float* dp = s + BQ * BK;       // [64 x 64]: dP, then dS
+    float* tmp = s + 4 * BQ * BK;  // [Dp] (past the 4 tiles of 64 x 64 the layout reserves; 2 used)
+    float* tmp2 = tmp + Dp;        // [Dp]
+    float* dqa = dq_accum + (static_cast<int64_t>(h) * NT + start) * Dp;  // [len x Dp]
+    std::memset(dqa, 0, sizeof(float) * len * Dp);
+
+    const T* qx = static_cast<const T*>(p.q);
+    const T* kx = static_cast<const T*>(p.k);
+    const T* vx = static_cast<const T*>(p.v);
+    const T* dox = static_cast<const T*>(p.dout);
+    T* dkx = static_cast<T*>(p.dk);
+    T* dvx = static_cast<T*>(p.dv);
+    for (int64_t k0 = start; k0 < start + len; k0 += BK) {
+      const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
+      const int nk16 = round_up(nk, VW);
+      load_tile_t(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, true, kt, krows, tmp, tmp2);
+      load_tile_t(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, false, vt, nullptr, tmp, tmp2);
+      std::memset(dkt, 0, sizeof(float) * D * BK);
+      std::memset(dvt, 0, sizeof(float) * D * BK);
+      for (int64_t q0 = start; q0 < start + len; q0 += BQ) {
+        const int nq = static_cast<int>(start + len - q0 < BQ ? start + len - q0 : BQ);
+        load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, nq, true, p.scale, q, tmp);
+        load_tile(dox, p.dout_stride_token, p.dout_stride_head, h, q0, nq, nq, false, 1.0f, dout, tmp);
+        prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + BQ, start + len);
+        prefetch_rows(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + BQ, start + len);
+        bcast_gemm<BcastMode::kStore>(q, Dp, 1, kt, kLdS, s, kLdS, nq, nk16, D);
+        bcast_gemm<BcastMode::kStore>(dout, Dp, 1, vt, kLdS, dp, kLdS, nq, nk16, D);
+        softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk, len <= BK);
+        bcast_gemm<BcastMode::kAdd>(dout, 1, Dp, s, kLdS, dvt, kLdS, D, nk16, nq);  // dV^T += dO^T P
+        bcast_gemm<BcastMode::kAdd>(q, 1, Dp, dp, kLdS, dkt, kLdS, D, nk16, nq);    // dK^T += Q^T dS (scaled)
+        bcast_gemm<BcastMode::kAdd>(dp, kLdS, 1, krows, Dp, dqa + (q0 - start) * Dp, Dp, nq, Dp, nk);  // dQ += dS K
+      }
+      for (int j = 0; j < nk; ++j) {
+        T* dkr = dkx + (k0 + j) * p.dk_stride_token + h * p.dk_stride_head;
+        T* dvr = dvx + (k0 + j) * p.dv_stride_token + h * p.dv_stride_head;
+        for (int d = 0; d < D; ++d) tmp2[d] = dkt[d * BK + j];
+        rotate_row(tmp2, k0 + j, -1.0f, 1.0f, tmp);
+        for (int d = 0; d < D; ++d) {
+          dkr[d] = from_float<T>(tmp[d]);
+          dvr[d] = from_float<T>(dvt[d * BK + j]);
+        }
+      }
+    }
+    T* dqx = static_cast<T*>(p.dq);
+    for (int64_t i = 0; i < len; ++i) {
+      T* dqr = dqx + (start + i) * p.dq_stride_token + h * p.dq_stride_head;
+      rotate_row(dqa + i * Dp, start + i, -1.0f, p.scale, tmp);
+      for (int d = 0; d < D; ++d) dqr[d] = from_float<T>(tmp[d]);
+    }
+  }
+
   void backward() const {
+    if (attn_backward_fused(p.num_segments, H, p.num_threads)) {
+      prepare(BQ);  // the cos/sin table (the block offsets go unused)
+      compute_delta();
+      const int64_t items = p.num_segments * H;
+#pragma omp parallel num_threads(p.num_threads)
+      {
+        float* w = thread_tiles(omp_get_thread_num());
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < items; ++item) backward_fused_item(item, w);
+      }
+      return;
+    }
     const int64_t items = prepare(BQ);  // key blocks and query blocks are both 64 wide: same item list
     static_assert(BQ == BK, "the backward passes share one work-item list");
     compute_delta();

@@ -7,10 +7,12 @@
 //   for head dim 72) stay in L2 (>= 1 MiB per core on the x86 servers we target) while the 64-wide key
 //   row of S is exactly four 512-bit vectors, so the q.k^T micro-kernel keeps 4 rows x 4 vectors of
 //   accumulators in registers.
-// - The forward takes 256 queries per work item: preparing a K/V tile (load, convert, rotate, transpose)
-//   costs about as much as the two 64x64xD products it feeds, so each tile is reused for 4x more rows.
-// - Head dims are padded to a multiple of 16 floats (one 512-bit vector) inside tiles only: 72 -> 80.
-//   The contraction over D in q.k^T uses the true D; the padding only costs in p.v (80/72).
+// - The forward takes 256 queries per work item: preparing a K/V tile (load, convert, rotate) is paid once
+//   per 256 queries.  The fp32-tile forward puts the 256 queries along the vector lanes (S^T = K Q^T is
+//   64 x 256, 16 zmm per key row; see Attention::forward_item), so neither K nor V is transposed and the
+//   head dim is never padded in a product; the bf16 dot-product forward keeps queries as rows.
+// - Head dims are padded to a multiple of 16 floats (one 512-bit vector) inside row-major tiles: 72 -> 80.
+//   The backward's p.v-shaped products pay for the padding (80/72).
 // - Work items are (segment, head, 64-query block) in one flat list scheduled dynamically, so one long
 //   segment beside many tiny ones splits into many equal items and the threads stay busy.
 #pragma once
@@ -37,21 +39,31 @@ struct AttentionWorkspaceLayout {
   int64_t offsets = 0;     // int64 [S + 1]: work items before each segment
   int64_t cos_sin = 0;     // float [T, D]: cos of the D/2 pairs, then sin, per token
   int64_t delta = 0;       // float [H, T]: rowsum(dout * out) (backward only)
+  int64_t dq_accum = 0;    // float [H, T, Dp]: dq in fp32 while it accumulates (fused backward only)
   int64_t per_thread = 0;  // per-thread tiles start here
   int64_t thread_bytes = 0;
   int64_t total = 0;
 };
 
 VL3FAST_HD int64_t attn_align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+
+// The backward runs fused, in one pass over (segment, head) work items (each item owns its dq, dk and dv
+// rows: 5 tile products per 64 x 64 tile pair), when there are enough of those items to keep every thread
+// busy; otherwise in two passes over 64-row blocks (7 products per tile pair, any number of threads).
+VL3FAST_HD bool attn_backward_fused(int64_t num_segments, int num_heads, int num_threads) {
+  return num_segments * num_heads >= 4 * static_cast<int64_t>(num_threads);
+}
 VL3FAST_HD int attn_padded_dim(int head_dim) { return (head_dim + kAttnVec - 1) / kAttnVec * kAttnVec; }
 
-// Floats of one thread's tiles.  Forward: Q and O (256 x Dp), K^T and V (64 x Dp), S (256 x 64), m and l
-// (256), two padded rows.  Backward: 6 tiles of 64 x Dp (K^T, V^T, dK, dV, Q, dO / Q, dO, dQ, K^T, V^T, K),
-// 4 tiles of 64 x 64 (S, dP, P^T, dS^T), two padded rows.
+// Floats of one thread's tiles.  Forward: Q^T and O^T (D x 256, sized Dp x 256), K and V (64 x Dp), S^T
+// (64 x 256), m, l and the tile's column max (256), two padded rows.  Backward: 7 tiles of 64 x Dp (K^T, V^T,
+// dK, dV, Q, dO / Q, dO, dQ, K^T, V^T, K / fused: K^T, V^T, K, dK, dV, Q, dO), 4 tiles of 64 x 64 (S, dP,
+// P^T, dS^T), two padded rows.
 VL3FAST_HD int64_t attn_thread_floats(int head_dim) {
   const int64_t dp = attn_padded_dim(head_dim);
-  const int64_t fwd = (2 * kAttnFwdBlockQ + 2 * kAttnBlockK) * dp + kAttnFwdBlockQ * kAttnBlockK + 2 * kAttnFwdBlockQ + 2 * dp;
-  const int64_t bwd = 6 * kAttnBlockQ * dp + 4 * kAttnBlockQ * kAttnBlockK + 2 * dp;
+  const int64_t fwd =
+      (2 * kAttnFwdBlockQ + 2 * kAttnBlockK) * dp + kAttnFwdBlockQ * kAttnBlockK + 3 * kAttnFwdBlockQ + 2 * dp;
+  const int64_t bwd = 7 * kAttnBlockQ * dp + 4 * kAttnBlockQ * kAttnBlockK + 2 * dp;
   // bf16 dot-product forward (kernels/attention_bf16.cpp): Q bf16 (256 x Dp / 2), K and V pair-packed
   // (2 x 32 x Dp), O (256 x Dp), S with P in place (256 x 64), m and l, two fp32 rows and one bf16 row.
   const int64_t fwd_bf16 = (kAttnFwdBlockQ / 2 + kAttnBlockK + kAttnFwdBlockQ) * dp + kAttnFwdBlockQ * kAttnBlockK +
@@ -70,6 +82,9 @@ VL3FAST_HD AttentionWorkspaceLayout attention_workspace_layout(int64_t num_token
   at += attn_align64(num_tokens * head_dim * 4);
   w.delta = at;
   if (backward) at += attn_align64(static_cast<int64_t>(num_heads) * num_tokens * 4);
+  w.dq_accum = at;
+  if (backward && attn_backward_fused(num_segments, num_heads, num_threads))
+    at += attn_align64(static_cast<int64_t>(num_heads) * num_tokens * attn_padded_dim(head_dim) * 4);
   w.per_thread = at;
   w.thread_bytes = attn_align64(attn_thread_floats(head_dim) * 4);
   at += w.thread_bytes * num_threads;

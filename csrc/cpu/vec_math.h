@@ -199,4 +199,170 @@ static inline float hsum(vnat v) {
   return a[0];
 }
 
+// ------------------------------------------------------------------ broadcast-A GEMM (flash forward)
+// C[M x N] = A[M x K] B[K x N] (+ C, its columns scaled), for the forward with queries along the vector lanes
+// (attention_kernel.h).  A is only ever broadcast, one element at a time, so it may have any layout: element
+// (r, k) is A[r * lda + k * ldk] (a row-major K tile, or V read as V^T without a transpose).  B and C are
+// row-major, N a multiple of kGemmChunk.  Register block: kBcastRows rows x kBcastChunks chunks of 16 floats.
+#if defined(__AVX512F__)
+constexpr int kBcastRows = 6;    // 6 x 4 zmm = 24 accumulators + 4 B vectors + 1 broadcast of 32 registers
+constexpr int kBcastChunks = 4;  // (a last panel of 5 or 6 chunks runs whole, 4 rows at a time: see bcast_rows)
+#elif defined(__AVX2__)
+constexpr int kBcastRows = 6;    // 6 x 2 ymm = 12 accumulators + 2 B vectors + 1 broadcast of 16 registers
+constexpr int kBcastChunks = 1;
+#else
+constexpr int kBcastRows = 2;    // 2 x 4 xmm = 8 accumulators + 4 B vectors + 1 broadcast of 16 registers
+constexpr int kBcastChunks = 1;
+#endif
+
+// Rows per register block for a panel of NV chunks: 4 x 5 or 4 x 6 zmm (N = 80, 96 in one panel) still fit.
+template <int NV>
+constexpr int bcast_rows() {
+  return NV <= kBcastChunks ? kBcastRows : 4;
+}
+
+// What a block does with C: kStore (C = A B), kAdd (C += A B), kScaleAdd (C = C * aux + A B: aux scales
+// column by column), kStoreColMax (C = A B, and aux[n] = max(aux[n], max over the block's rows of C[., n])).
+// A B is summed from zero in registers and C added after it, and bcast_panel splits K into chunks of
+// kBcastKBlock (the first chunk in kMode, the rest as kAdd; the column max after the last): the rounding of a
+// long serial chain over K grows with K (vec_math's gemm blocks its K for the same reason, kGemmKBlock).
+enum class BcastMode { kStore, kAdd, kScaleAdd, kStoreColMax };
+// 16, as kGemmKBlock: one chain of 128 has ~2x the rms rounding of 16-term blocks (q.k^T of head dim 128:
+// 2.1e-7 vs 9.2e-8, torch's small matmuls 9.3e-8), which put fp32 out/dq/dk beyond 2x torch's error.
+constexpr int kBcastKBlock = 16;
+
+template <int RI, int NV, BcastMode kMode>
+static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc,
+                                int K, float* aux) {
+  constexpr int NN = NV * kGemmChunk / kLanes;
+  vnat c[RI][NN];
+  for (int r = 0; r < RI; ++r)
+    for (int n = 0; n < NN; ++n) c[r][n] = vnat{};
+  const float* a = A;
+  const float* b_row = B;
+  for (int kk = 0; kk < K; ++kk, a += ldk, b_row += ldb) {
+    vnat b[NN];
+    for (int n = 0; n < NN; ++n) b[n] = vload(b_row + n * kLanes);
+    for (int r = 0; r < RI; ++r) {
+      const vnat ar = vbroadcast(a + r * lda);
+      for (int n = 0; n < NN; ++n) c[r][n] += ar * b[n];
+    }
+  }
+  for (int n = 0; n < NN; ++n) {
+    const vnat s = kMode == BcastMode::kScaleAdd ? vload(aux + n * kLanes) : vnat{};
+    for (int r = 0; r < RI; ++r) {
+      float* cr = C + r * ldc + n * kLanes;
+      if constexpr (kMode == BcastMode::kAdd) vstore(cr, vload(cr) + c[r][n]);
+      else if constexpr (kMode == BcastMode::kScaleAdd) vstore(cr, vload(cr) * s + c[r][n]);
+      else vstore(cr, c[r][n]);
+    }
+  }
+  if constexpr (kMode == BcastMode::kStoreColMax) {
+    for (int n = 0; n < NN; ++n) {
+      vnat mx = vload(aux + n * kLanes);
+      for (int r = 0; r < RI; ++r) mx = vmaximum(mx, c[r][n]);
+      vstore(aux + n * kLanes, mx);
+    }
+  }
+}
+
+// The rows of one column panel: whole register blocks, then the remaining rows in one block.
+template <int NV, BcastMode kMode, int R = bcast_rows<NV>() - 1>
+static inline void bcast_tail(int rows, const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C,
+                              int ldc, int K, float* aux) {
+  if constexpr (R > 0) {
+    if (rows == R) return bcast_kernel<R, NV, kMode>(A, lda, ldk, B, ldb, C, ldc, K, aux);
+    bcast_tail<NV, kMode, R - 1>(rows, A, lda, ldk, B, ldb, C, ldc, K, aux);
+  }
+}
+
+template <int NV, BcastMode kMode>
+static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
+                        int K, float* aux) {
+  constexpr int RI = bcast_rows<NV>();
+  if (K > kBcastKBlock) {  // first chunk as kMode (kStoreColMax: plain store), the rest added, then the max
+    constexpr BcastMode kFirst = kMode == BcastMode::kStoreColMax ? BcastMode::kStore : kMode;
+    bcast_panel<NV, kFirst>(A, lda, ldk, B, ldb, C, ldc, M, kBcastKBlock, aux);
+    for (int k0 = kBcastKBlock; k0 < K; k0 += kBcastKBlock) {
+      const int kb = K - k0 < kBcastKBlock ? K - k0 : kBcastKBlock;
+      bcast_panel<NV, BcastMode::kAdd>(A + k0 * ldk, lda, ldk, B + static_cast<int64_t>(k0) * ldb, ldb, C, ldc, M,
+                                       kb, nullptr);
+    }
+    if constexpr (kMode == BcastMode::kStoreColMax) {
+      for (int r = 0; r < M; ++r)
+        for (int n = 0; n < NV * kGemmChunk; n += kLanes)
+          vstore(aux + n, vmaximum(vload(aux + n), vload(C + r * ldc + n)));
+    }
+    return;
+  }
+  int m = 0;
+  for (; m + RI <= M; m += RI) bcast_kernel<RI, NV, kMode>(A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
+  if (m < M) bcast_tail<NV, kMode>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
+}
+
+// C[M x N] (op)= A B, op given by kMode; aux: kScaleAdd's column scales or kStoreColMax's running column max
+// (N floats), else unused.  Column panels outer, rows inner: one panel of B (K x 16 * kBcastChunks) stays in
+// L1 while A streams.
+template <BcastMode kMode>
+static void bcast_gemm(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
+                       int N, int K, float* aux = nullptr) {
+  for (int n0 = 0; n0 < N;) {
+    const int left = (N - n0) / kGemmChunk;
+#if defined(__AVX512F__)
+    const int nv = left <= 6 ? left : kBcastChunks;
+#else
+    const int nv = 1;
+#endif
+    float* x = aux != nullptr ? aux + n0 : nullptr;
+    switch (nv) {
+      case 1: bcast_panel<1, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+#if defined(__AVX512F__)
+      case 2: bcast_panel<2, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      case 3: bcast_panel<3, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      case 4: bcast_panel<4, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      case 5: bcast_panel<5, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      default: bcast_panel<6, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+#else
+      default: break;
+#endif
+    }
+    n0 += nv * kGemmChunk;
+  }
+}
+static_assert(kBcastChunks == 1 || kBcastChunks == 4, "bcast_gemm's panel switch");
+
+// 2^t for t <= 0 (softmax arguments in log2 units, after subtracting the running max), vectorized; NaN stays
+// NaN.  2^n * 2^f, n = round(t), |f| <= 1/2, 2^f by its degree-7 Taylor series in f*ln2: relative error
+// ~1e-8 before rounding (the existing exp_nonpositive is degree 6, ~2e-7).  Below -126 the result is 2^-126 * 2^f
+// (~1e-38, i.e. 0 for a softmax weight).  AVX-512: vrndscaleps / vscalefps; else the exponent bits directly.
+static inline vnat vexp2_nonpositive(vnat t) {
+#if defined(__AVX512F__)
+  const __m512 x = _mm512_max_ps(_mm512_set1_ps(-126.0f), (__m512)t);  // NaN t: max_ps returns t
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vnat f = (vnat)x - (vnat)n;
+#else
+  const vnat lo = vnat{} - 126.0f;
+  const vnat x = t < lo ? lo : t;  // NaN t: the comparison is false, x = t
+  const vnat n = (x + 12582912.0f) - 12582912.0f;  // round to nearest
+  const vnat f = x - n;
+#endif
+  vnat p = vnat{} + 1.5252733804059841e-05f;  // ln2^k / k!, k = 7 .. 0
+  p = p * f + 1.5403530393381609e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.6181291076284772e-03f;
+  p = p * f + 5.5504108664821580e-02f;
+  p = p * f + 2.4022650695910071e-01f;
+  p = p * f + 6.9314718055994531e-01f;
+  p = p * f + 1.0f;
+#if defined(__AVX512F__)
+  return (vnat)_mm512_scalef_ps((__m512)p, n);
+#else
+  typedef int32_t vint __attribute__((vector_size(sizeof(vnat))));
+  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
+  vnat scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+#endif
+}
+
 }  // namespace vl3fast::cpu::VL3FAST_ISA_NS

@@ -5,8 +5,10 @@ Forward outputs and the gradient of every parameter follow the tolerance rule of
     err(swapped fp32, stock fp64) <= 2 * err(stock fp32, stock fp64) + floor
 
 on images of several sizes, a video and a batch of two (tiny_vlms.SAMPLES), also with gradient checkpointing
-(use_reentrant both ways) and under a peft LoRA wrapper.  Each test also counts the fused kernel's calls,
-so a swap that silently fell back to transformers' path would fail.
+(use_reentrant both ways) and under a peft LoRA wrapper.  Each test also counts the calls of vl3fast's
+attention core, so a swap that silently fell back to transformers' path would fail.  The device's default
+core runs everywhere (CPU: vl3fast's RoPE op + SDPA per run of equal-length segments); the first test also
+forces the other one (the fused rope2d_attention kernel, CUDA's default) through the same models.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import pytest
 import torch
 
 import vl3fast
-from vl3fast.integrations import transformers_vision
+from vl3fast.integrations import transformers_vision, transformers_vision_core
 
 from . import tiny_vlms as tv
 
@@ -32,16 +34,23 @@ FLOOR_EPS = 4
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts rope2d_attention calls made by the swapped attention."""
+    """Counts the attention-core calls made by the swapped attention."""
     calls = []
-    real = transformers_vision.rope2d_attention
+    real = transformers_vision.packed_rope2d_attention
 
     def counting(*args, **kwargs):
         calls.append(args[0].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(transformers_vision, "rope2d_attention", counting)
+    monkeypatch.setattr(transformers_vision, "packed_rope2d_attention", counting)
     return calls
+
+
+@pytest.fixture(params=transformers_vision_core.ATTENTION_PATHS)
+def attention_path(request, monkeypatch):
+    """Each attention core in turn, whatever the device's default."""
+    monkeypatch.setattr(transformers_vision_core, "path_for", lambda device_type: request.param)
+    return request.param
 
 
 def _double(batch):
@@ -79,7 +88,7 @@ def reference_runs(model, batch):
 
 
 @pytest.mark.parametrize("family", tv.FAMILIES)
-def test_outputs_and_every_gradient_match(family, kernel_calls):
+def test_outputs_and_every_gradient_match(family, attention_path, kernel_calls):
     model = tv.build(family)
     batch = tv.padded_batch(family, model.config)
     stock, exact = reference_runs(model, batch)

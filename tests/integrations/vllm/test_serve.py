@@ -105,11 +105,11 @@ def test_chat_with_image_and_video(client, tiny):
 def test_prompt_tokens_equal_vl3fast_estimate(client, tiny, reference):
     """usage.prompt_tokens == vl3fast's estimate: the header-only estimate with pruning off, and
     `vl3fast tokens --pruned` (the kept tokens) with pruning on."""
-    from vl3fast.processing import estimate_tokens
+    from vl3fast.processing import VideoLLaMA3Processor
 
     clip, ckpt = tiny["media"]["clip"], tiny["ckpt"]["native"]
     unpruned = chat(client, file_url(clip), use_token_compression=False)
-    est = estimate_tokens(videos=[clip], processor=ckpt, text=reference["prompt"])
+    est = VideoLLaMA3Processor.from_pretrained(ckpt).estimate_tokens(text=reference["prompt"], videos=[clip])
     assert unpruned.usage.prompt_tokens == est.total_tokens
 
     out = subprocess.run([sys.executable, "-m", "vl3fast", "tokens", clip, "--model", ckpt, "--pruned",

