@@ -372,6 +372,7 @@ struct Attention {
   // Pass 1: one 64-key block of one head: dk, dv.
   void backward_kv_item(int64_t item, float* w) const {
     const ItemRows rows = item_rows(item, BK);
+    if (rows.seg_len <= kTinySegment) return backward_tiny_segment(rows, w);
     const int h = rows.head;
     const int64_t start = rows.seg_start, len = rows.seg_len;
     const int64_t k0 = rows.first;
@@ -432,6 +433,7 @@ struct Attention {
   // Pass 2: one 64-query block of one head: dq.
   void backward_q_item(int64_t item, float* w) const {
     const ItemRows rows = item_rows(item, BQ);
+    if (rows.seg_len <= kTinySegment) return;  // pass 1 wrote its dq (backward_tiny_segment)
     const int h = rows.head;
     const int64_t start = rows.seg_start, len = rows.seg_len;
     const int64_t q0 = rows.first;
@@ -478,6 +480,106 @@ struct Attention {
     }
   }
 
+  // A segment of at most kTinySegment tokens: all of its backward (dq, dk, dv) in one work item (pass 1 of
+  // the two-pass backward, which pass 2 then skips, or the fused item), in fp64.  Its dq and dk are differences of nearly equal terms (2 keys: dS = P0 P1 (dP0 - dP1)), so
+  // every fp32 rounding on the way (q.k, dO.v, exp, the row sums) is as large as torch's whole error
+  // there: the fp32 tile path measured up to 2.2x torch's dq/dk error on 2- and 3-token segments.  In fp64
+  // the kernel's error is the final rounding to the output dtype.  The cost is O(L^2 D) per head, about
+  // what the fp32 tiles padded to 16 keys spend on such a segment.  A 1-token segment gets P = 1 and
+  // dq = dk = 0 exactly (softmax over one key is constant).
+  static constexpr int kTinySegment = 8;
+
+  void rotate_row_f64(const double* x, int64_t t, double sign, double mult, double* out) const {
+    const float* c = cos_sin + t * D;
+    const float* s = c + half;
+    for (int j = 0; j < half; ++j) {
+      const double a = x[j], b = x[j + half], cj = c[j], sj = sign * s[j];
+      out[j] = mult * (a * cj - b * sj);
+      out[j + half] = mult * (b * cj + a * sj);
+    }
+  }
+
+  // Rows t0..t0+L of head h of x into out[L x D] as fp64, rotated (and times mult) if `rotate`.
+  void load_rows_f64(const T* x, int64_t st, int64_t sh, int h, int64_t t0, int L, bool rotate, double mult,
+                     double* out, double* tmp) const {
+    for (int i = 0; i < L; ++i) {
+      const T* src = x + (t0 + i) * st + h * sh;
+      double* row = rotate ? tmp : out + i * D;
+      for (int d = 0; d < D; ++d) row[d] = static_cast<double>(to_float(src[d]));
+      if (rotate) rotate_row_f64(tmp, t0 + i, 1.0, mult, out + i * D);
+    }
+  }
+
+  // Workspace: 7 x [L x D] + 2 x [L x L] + [D] doubles, far below one thread's backward tiles (6 x 64 x Dp
+  // floats) for L <= 8.
+  void backward_tiny_segment(const ItemRows& rows, float* w) const {
+    const int L = static_cast<int>(rows.seg_len), h = rows.head;
+    const int64_t t0 = rows.seg_start;
+    double* q = reinterpret_cast<double*>(w);  // [L x D] rotated, times the softmax scale
+    double* k = q + L * D;                      // [L x D] rotated
+    double* v = k + L * D;
+    double* dout = v + L * D;
+    double* dq = dout + L * D;
+    double* dk = dq + L * D;
+    double* dv = dk + L * D;
+    double* pr = dv + L * D;  // [L x L]: S, then P
+    double* ds = pr + L * L;  // [L x L]: dP, then dS
+    double* tmp = ds + L * L; // [D]
+
+    const double scale = p.scale;
+    load_rows_f64(static_cast<const T*>(p.q), p.q_stride_token, p.q_stride_head, h, t0, L, true, scale, q, tmp);
+    load_rows_f64(static_cast<const T*>(p.k), p.k_stride_token, p.k_stride_head, h, t0, L, true, 1.0, k, tmp);
+    load_rows_f64(static_cast<const T*>(p.v), p.v_stride_token, p.v_stride_head, h, t0, L, false, 1.0, v, tmp);
+    load_rows_f64(static_cast<const T*>(p.dout), p.dout_stride_token, p.dout_stride_head, h, t0, L, false, 1.0, dout,
+                  tmp);
+    for (int i = 0; i < L; ++i)
+      for (int j = 0; j < L; ++j) {
+        double sij = 0.0, dpij = 0.0;
+#pragma omp simd reduction(+ : sij, dpij)
+        for (int d = 0; d < D; ++d) {
+          sij += q[i * D + d] * k[j * D + d];
+          dpij += dout[i * D + d] * v[j * D + d];
+        }
+        pr[i * L + j] = sij;
+        ds[i * L + j] = dpij;
+      }
+    for (int i = 0; i < L; ++i) {  // P = softmax(S), delta = rowsum(P dP), dS = P (dP - delta)
+      double* pi = pr + i * L;
+      double* dsi = ds + i * L;
+      double mx = pi[0], sum = 0.0, delta = 0.0;
+      for (int j = 1; j < L; ++j) mx = pi[j] > mx ? pi[j] : mx;
+      for (int j = 0; j < L; ++j) sum += (pi[j] = std::exp(pi[j] - mx));
+      for (int j = 0; j < L; ++j) delta += (pi[j] /= sum) * dsi[j];
+      for (int j = 0; j < L; ++j) dsi[j] = pi[j] * (dsi[j] - delta);
+    }
+    for (int j = 0; j < L; ++j)  // dv = P^T dO, dk = dS^T q; dq = dS k
+      for (int d = 0; d < D; ++d) {
+        double a = 0.0, b = 0.0, c = 0.0;
+        for (int i = 0; i < L; ++i) {
+          a += pr[i * L + j] * dout[i * D + d];
+          b += ds[i * L + j] * q[i * D + d];
+          c += ds[j * L + i] * k[i * D + d];
+        }
+        dv[j * D + d] = a;
+        dk[j * D + d] = b;
+        dq[j * D + d] = c;
+      }
+    T* dqx = static_cast<T*>(p.dq);
+    T* dkx = static_cast<T*>(p.dk);
+    T* dvx = static_cast<T*>(p.dv);
+    for (int i = 0; i < L; ++i) {
+      const int64_t t = t0 + i;
+      T* dqr = dqx + t * p.dq_stride_token + h * p.dq_stride_head;
+      T* dkr = dkx + t * p.dk_stride_token + h * p.dk_stride_head;
+      T* dvr = dvx + t * p.dv_stride_token + h * p.dv_stride_head;
+      rotate_row_f64(dq + i * D, t, -1.0, scale, tmp);
+      for (int d = 0; d < D; ++d) dqr[d] = from_float<T>(static_cast<float>(tmp[d]));
+      rotate_row_f64(dk + i * D, t, -1.0, 1.0, tmp);
+      for (int d = 0; d < D; ++d) dkr[d] = from_float<T>(static_cast<float>(tmp[d]));
+      for (int d = 0; d < D; ++d) dvr[d] = from_float<T>(static_cast<float>(dv[i * D + d]));
+    }
+  }
+
   // Fused backward, one work item per (segment, head), FlashAttention-2's loop: for each 64-key block
   // (K, V rotated once), for each 64-query block: S = Q K^T, dP = dO V^T, P and dS (softmax_grad),
   // dV^T += dO^T P, dK^T += Q^T dS, dQ += dS K, dQ accumulating in fp32 in dq_accum over the key blocks.
@@ -488,6 +590,7 @@ struct Attention {
     const int64_t seg = item / H;
     const int h = static_cast<int>(item - seg * H);
     const int64_t start = p.cu_seqlens[seg], len = p.cu_seqlens[seg + 1] - start;
+    if (len <= kTinySegment) return backward_tiny_segment({h, start, static_cast<int>(len), start, len}, w);
 
     float* kt = w;                 // [Dp x 64]: K^T
     float* vt = kt + Dp * BK;      // [Dp x 64]: V^T

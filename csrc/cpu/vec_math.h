@@ -227,7 +227,9 @@ constexpr int bcast_rows() {
 // kBcastKBlock (the first chunk in kMode, the rest as kAdd; the column max after the last): the rounding of a
 // long serial chain over K grows with K (vec_math's gemm blocks its K for the same reason, kGemmKBlock).
 enum class BcastMode { kStore, kAdd, kScaleAdd, kStoreColMax };
-constexpr int kBcastKBlock = 128;  // K of every product of head dims <= 128 in one chunk (no cost there)
+// 16, as kGemmKBlock: one chain of 128 has ~2x the rms rounding of 16-term blocks (q.k^T of head dim 128:
+// 2.1e-7 vs 9.2e-8, torch's small matmuls 9.3e-8), which put fp32 out/dq/dk beyond 2x torch's error.
+constexpr int kBcastKBlock = 16;
 
 template <int RI, int NV, BcastMode kMode>
 static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc,

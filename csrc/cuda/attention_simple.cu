@@ -4,7 +4,8 @@
 //
 // Math, as the CPU kernel (csrc/cpu/kernels/attention.cpp): q~ = scale * R q and k~ = R k in fp32 (R from
 // the cos/sin table of the pre-pass); S = q~ k~^T; online softmax in base e; out = O / l; lse = m + log l.
-// Backward: P = exp(S - lse), dP = dO V^T, dS = P (dP - delta); dV = P^T dO, dK = R^T (dS^T q~) in the dK/dV
+// Backward: P = exp(S - lse), dP = dO V^T, dS = P (dP - delta) (a segment of <= 16 tokens: P and delta from
+// its one tile, probabilities_and_grads); dV = P^T dO, dK = R^T (dS^T q~) in the dK/dV
 // pass (one CTA per 16 keys), dQ = scale R^T (dS k~) in the dQ pass (one CTA per 16 queries): every CTA
 // owns the rows it writes, so there are no atomics and the result is deterministic.
 // Each thread owns the accumulator elements e = tid + n * kThreads of a [16 x D] tile (kOwned registers).
@@ -55,9 +56,16 @@ __device__ void load_tile(float* tile, const void* x_, int64_t stride_token, int
   }
 }
 
+// Summed in blocks of 16 terms, each from zero, then added: one serial chain over a head dim of 256 has ~3x
+// the rounding error (the CPU kernel's GEMM does the same, csrc/cpu/vec_math.h kGemmKBlock).
 __device__ float dot(const float* x, const float* y, int n) {
   float acc = 0.f;
-  for (int d = 0; d < n; ++d) acc += x[d] * y[d];
+  for (int d0 = 0; d0 < n; d0 += 16) {
+    float block = 0.f;
+    const int end = d0 + 16 < n ? d0 + 16 : n;
+    for (int d = d0; d < end; ++d) block += x[d] * y[d];
+    acc += block;
+  }
   return acc;
 }
 
@@ -157,19 +165,45 @@ __global__ void __launch_bounds__(kThreads) simple_fwd_kernel(const AttnDevArgs 
   }
 }
 
-// P and dS of the query tile (rows < nq) against the key tile (columns < nk); zero elsewhere.
+// P and dS of the query tile (rows < nq) against the key tile (columns < nk); zero elsewhere.  Called by
+// every thread of the CTA.  When the tile holds every key of its rows (`whole_rows`: a segment of <= 16
+// tokens), the softmax is recomputed from the tile, P = exp(S - rowmax) / rowsum, and delta = rowsum(P dP)
+// is taken from the same tile, in fp64 (one thread per row, <= 16 terms), as the CPU kernel does for short
+// segments (csrc/cpu/attention_kernel.h softmax_grad, backward_tiny_segment): there dP - delta is a small
+// difference of nearly equal terms, and rowsum(dO * O) or exp(S - lse) carry the forward's independent
+// rounding (2-9x torch's dq/dk error on 2-3 token segments, measured on the CPU kernel).
 __device__ void probabilities_and_grads(const float* q_s, const float* do_s, const float* k_s, const float* v_s,
-                                        const float* lse_s, const float* delta_s, int nq, int nk, int D, float* p_s,
-                                        float* ds_s) {
+                                        const float* lse_s, const float* delta_s, int nq, int nk, int D, bool whole_rows,
+                                        float* p_s, float* ds_s) {
   for (int e = threadIdx.x; e < kBlock * kBlock; e += kThreads) {
     const int i = e / kBlock, j = e % kBlock;
     float pr = 0.f, ds = 0.f;
     if (i < nq && j < nk) {
-      pr = expf(dot(q_s + i * D, k_s + j * D, D) - lse_s[i]);
-      ds = pr * (dot(do_s + i * D, v_s + j * D, D) - delta_s[i]);
+      const float sij = dot(q_s + i * D, k_s + j * D, D), dpij = dot(do_s + i * D, v_s + j * D, D);
+      if (whole_rows) {
+        pr = sij;
+        ds = dpij;
+      } else {
+        pr = expf(sij - lse_s[i]);
+        ds = pr * (dpij - delta_s[i]);
+      }
     }
     p_s[e] = pr;
     ds_s[e] = ds;
+  }
+  if (!whole_rows) return;
+  __syncthreads();
+  if (threadIdx.x < nq) {
+    float* pi = p_s + threadIdx.x * kBlock;
+    float* dsi = ds_s + threadIdx.x * kBlock;
+    double mx = pi[0], sum = 0.0, delta = 0.0, e[kBlock];
+    for (int j = 1; j < nk; ++j) mx = pi[j] > mx ? pi[j] : mx;
+    for (int j = 0; j < nk; ++j) sum += (e[j] = exp(pi[j] - mx));
+    for (int j = 0; j < nk; ++j) delta += (e[j] /= sum) * dsi[j];
+    for (int j = 0; j < nk; ++j) {
+      pi[j] = static_cast<float>(e[j]);
+      dsi[j] = static_cast<float>(e[j] * (dsi[j] - delta));
+    }
   }
 }
 
@@ -223,7 +257,7 @@ __global__ void __launch_bounds__(kThreads) simple_dkdv_kernel(const AttnDevArgs
       load_tile<T>(do_s, p.dout, p.dout_stride_token, p.dout_stride_head, h, it.seg_begin + q0, nq, false, 1.f, a);
       load_stats(lse_s, delta_s, a, h, it.seg_begin + q0, nq);
       __syncthreads();
-      probabilities_and_grads(q_s, do_s, k_s, v_s, lse_s, delta_s, nq, nk, D, p_s, ds_s);
+      probabilities_and_grads(q_s, do_s, k_s, v_s, lse_s, delta_s, nq, nk, D, it.seg_length <= kBlock, p_s, ds_s);
       __syncthreads();
 #pragma unroll
       for (int n = 0; n < kOwned; ++n) {
@@ -287,7 +321,7 @@ __global__ void __launch_bounds__(kThreads) simple_dq_kernel(const AttnDevArgs a
       load_tile<T>(k_s, p.k, p.k_stride_token, p.k_stride_head, h, it.seg_begin + k0, nk, true, 1.f, a);
       load_tile<T>(v_s, p.v, p.v_stride_token, p.v_stride_head, h, it.seg_begin + k0, nk, false, 1.f, a);
       __syncthreads();
-      probabilities_and_grads(q_s, do_s, k_s, v_s, lse_s, delta_s, nq, nk, D, p_s, ds_s);
+      probabilities_and_grads(q_s, do_s, k_s, v_s, lse_s, delta_s, nq, nk, D, it.seg_length <= kBlock, p_s, ds_s);
       __syncthreads();
 #pragma unroll
       for (int n = 0; n < kOwned; ++n) {
