@@ -1,4 +1,4 @@
-"""rope2d attention on the CPU: vl3fast against the paths users run today (issue 3, DESIGN.md §6).
+"""rope2d attention on the CPU: vl3fast against the paths users run today (the CPU attention issue #3, DESIGN.md §6).
 
 Implementations, on the same inputs in the same run:
 - `vl3fast`: vl3fast.ops.rope2d_attention (fused 2D RoPE, flash-style packed kernel);

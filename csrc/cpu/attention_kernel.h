@@ -33,6 +33,7 @@
 #include "isa.h"
 #include "scalar_types.h"
 #include "vec_math.h"
+#include "vl3fast/rope_math.h"
 #include "vl3fast/table_search.h"
 
 namespace vl3fast::cpu::VL3FAST_ISA_NS {
@@ -88,10 +89,9 @@ struct Attention {
     const int quarter = D / 4;
 #pragma omp parallel for schedule(static) num_threads(p.num_threads)
     for (int64_t t = 0; t < NT; ++t) {
-      const float row = static_cast<float>(p.pos_hw[2 * t]), col = static_cast<float>(p.pos_hw[2 * t + 1]);
       float* cs = table + t * D;
       for (int j = 0; j < half; ++j) {
-        const float a = j < quarter ? row * p.inv_freq[j] : col * p.inv_freq[j - quarter];
+        const float a = rope2d_angle(j, quarter, p.pos_hw[2 * t], p.pos_hw[2 * t + 1], p.inv_freq);
         cs[j] = std::cos(a);
         cs[half + j] = std::sin(a);
       }
