@@ -43,6 +43,16 @@ constexpr int BQF = kAttnFwdBlockQ;
 constexpr int BK = kAttnBlockK;
 constexpr int VW = kAttnVec;
 constexpr int kLdS = BK;  // leading dim of 64 x 64 tiles
+
+// How the products' contractions are chunked (bcast_gemm's kblock: each chunk is summed from zero in registers,
+// then added to C): one over the head dim (q.k^T, dO.v^T) in equal chunks of <= 40 terms (72: 2 x 36, 80:
+// 2 x 40, 128: 4 x 32), one over a tile's <= 64 keys or queries in one chain (the sum over the tiles is the
+// second level).  Measured with the 1000-case fp32 fuzz of tests/ops/test_fuzz.py (error <= 2x torch's): one
+// chain over a head dim of 72-128 fails it (case 93: out error 1.6e-6 against 2 x 6.2e-7), S's rounding being
+// the softmax weights' relative error; chunks of <= 40 pass it, and so does one 64-term chain over the keys.
+// 16-term chunks everywhere pass too (the previous rule), but cost the image896 forward ~10% (one thread).
+constexpr int kHeadDimChunk = 40;
+constexpr int kTileChunk = BK;
 static_assert(VW == kGemmChunk, "tiles are padded to the GEMM's column chunk");
 
 // The template argument is the head dim of a fast path (a compile-time constant), or 0: runtime.
@@ -258,7 +268,7 @@ struct Attention {
       prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
 
       for (int i = 0; i < nq16; i += kLanes) vstore(cm + i, vnat{} - INFINITY);
-      bcast_gemm<BcastMode::kStoreColMax>(kr, Dp, 1, qt, BQF, st, BQF, nk, nq16, D, cm);
+      bcast_gemm<BcastMode::kStoreColMax>(kr, Dp, 1, qt, BQF, st, BQF, nk, nq16, D, cm, kHeadDimChunk);
       for (int i = 0; i < nq16; i += kLanes) {  // m_new = max(m_old, tile max); cm <- exp(m_old - m_new)
         const vnat tile_max = vload(cm + i) * log2e;
         const vnat m_old = vload(m + i);
@@ -278,8 +288,8 @@ struct Attention {
         vstore(l + i, first ? sum : vload(l + i) * vload(cm + i) + sum);
       }
       // O^T = O^T * alpha + V^T P^T: V's element (d, j) is vr[j * Dp + d].
-      if (first) bcast_gemm<BcastMode::kStore>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk);
-      else bcast_gemm<BcastMode::kScaleAdd>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk, cm);
+      if (first) bcast_gemm<BcastMode::kStore>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk, nullptr, kTileChunk);
+      else bcast_gemm<BcastMode::kScaleAdd>(vr, 1, Dp, st, BQF, ot, BQF, D, nq16, nk, cm, kTileChunk);
     }
 
     T* out = static_cast<T*>(p.out);
@@ -625,12 +635,12 @@ struct Attention {
         load_tile(dox, p.dout_stride_token, p.dout_stride_head, h, q0, nq, nq, false, 1.0f, dout, tmp);
         prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + BQ, start + len);
         prefetch_rows(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + BQ, start + len);
-        bcast_gemm<BcastMode::kStore>(q, Dp, 1, kt, kLdS, s, kLdS, nq, nk16, D);
-        bcast_gemm<BcastMode::kStore>(dout, Dp, 1, vt, kLdS, dp, kLdS, nq, nk16, D);
+        bcast_gemm<BcastMode::kStore>(q, Dp, 1, kt, kLdS, s, kLdS, nq, nk16, D, nullptr, kHeadDimChunk);
+        bcast_gemm<BcastMode::kStore>(dout, Dp, 1, vt, kLdS, dp, kLdS, nq, nk16, D, nullptr, kHeadDimChunk);
         softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk, len <= BK);
-        bcast_gemm<BcastMode::kAdd>(dout, 1, Dp, s, kLdS, dvt, kLdS, D, nk16, nq);  // dV^T += dO^T P
-        bcast_gemm<BcastMode::kAdd>(q, 1, Dp, dp, kLdS, dkt, kLdS, D, nk16, nq);    // dK^T += Q^T dS (scaled)
-        bcast_gemm<BcastMode::kAdd>(dp, kLdS, 1, krows, Dp, dqa + (q0 - start) * Dp, Dp, nq, Dp, nk);  // dQ += dS K
+        bcast_gemm<BcastMode::kAdd>(dout, 1, Dp, s, kLdS, dvt, kLdS, D, nk16, nq, nullptr, kTileChunk);  // dV^T += dO^T P
+        bcast_gemm<BcastMode::kAdd>(q, 1, Dp, dp, kLdS, dkt, kLdS, D, nk16, nq, nullptr, kTileChunk);    // dK^T += Q^T dS (scaled)
+        bcast_gemm<BcastMode::kAdd>(dp, kLdS, 1, krows, Dp, dqa + (q0 - start) * Dp, Dp, nq, Dp, nk, nullptr, kTileChunk);  // dQ += dS K
       }
       for (int j = 0; j < nk; ++j) {
         T* dkr = dkx + (k0 + j) * p.dk_stride_token + h * p.dk_stride_head;

@@ -223,13 +223,11 @@ constexpr int bcast_rows() {
 
 // What a block does with C: kStore (C = A B), kAdd (C += A B), kScaleAdd (C = C * aux + A B: aux scales
 // column by column), kStoreColMax (C = A B, and aux[n] = max(aux[n], max over the block's rows of C[., n])).
-// A B is summed from zero in registers and C added after it, and bcast_panel splits K into chunks of
-// kBcastKBlock (the first chunk in kMode, the rest as kAdd; the column max after the last): the rounding of a
-// long serial chain over K grows with K (vec_math's gemm blocks its K for the same reason, kGemmKBlock).
+// A B is summed from zero in registers and C added after it, and bcast_panel splits K into equal chunks of at
+// most `kblock` terms (the first chunk in kMode, the rest as kAdd; the column max after the last): the rounding
+// of a long serial chain over K grows with K.  The caller chooses kblock per product (attention_kernel.h says
+// which and why; vec_math's gemm blocks its K by kGemmKBlock for the same reason).
 enum class BcastMode { kStore, kAdd, kScaleAdd, kStoreColMax };
-// 16, as kGemmKBlock: one chain of 128 has ~2x the rms rounding of 16-term blocks (q.k^T of head dim 128:
-// 2.1e-7 vs 9.2e-8, torch's small matmuls 9.3e-8), which put fp32 out/dq/dk beyond 2x torch's error.
-constexpr int kBcastKBlock = 16;
 
 template <int RI, int NV, BcastMode kMode>
 static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc,
@@ -278,15 +276,17 @@ static inline void bcast_tail(int rows, const float* A, int64_t lda, int64_t ldk
 
 template <int NV, BcastMode kMode>
 static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
-                        int K, float* aux) {
+                        int K, float* aux, int kblock) {
   constexpr int RI = bcast_rows<NV>();
-  if (K > kBcastKBlock) {  // first chunk as kMode (kStoreColMax: plain store), the rest added, then the max
+  if (K > kblock) {  // first chunk as kMode (kStoreColMax: plain store), the rest added, then the max
     constexpr BcastMode kFirst = kMode == BcastMode::kStoreColMax ? BcastMode::kStore : kMode;
-    bcast_panel<NV, kFirst>(A, lda, ldk, B, ldb, C, ldc, M, kBcastKBlock, aux);
-    for (int k0 = kBcastKBlock; k0 < K; k0 += kBcastKBlock) {
-      const int kb = K - k0 < kBcastKBlock ? K - k0 : kBcastKBlock;
+    const int chunks = (K + kblock - 1) / kblock;
+    const int step = (K + chunks - 1) / chunks;  // equal chunks: kblock 40 takes K = 72 as 2 x 36, not 40 + 32
+    bcast_panel<NV, kFirst>(A, lda, ldk, B, ldb, C, ldc, M, step, aux, step);
+    for (int k0 = step; k0 < K; k0 += step) {
+      const int kb = K - k0 < step ? K - k0 : step;
       bcast_panel<NV, BcastMode::kAdd>(A + k0 * ldk, lda, ldk, B + static_cast<int64_t>(k0) * ldb, ldb, C, ldc, M,
-                                       kb, nullptr);
+                                       kb, nullptr, step);
     }
     if constexpr (kMode == BcastMode::kStoreColMax) {
       for (int r = 0; r < M; ++r)
@@ -300,28 +300,28 @@ static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B
   if (m < M) bcast_tail<NV, kMode>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
 }
 
-// C[M x N] (op)= A B, op given by kMode; aux: kScaleAdd's column scales or kStoreColMax's running column max
-// (N floats), else unused.  Column panels outer, rows inner: one panel of B (K x 16 * kBcastChunks) stays in
-// L1 while A streams.
+// C[M x N] (op)= A B, op given by kMode, K in chunks of <= kblock; aux: kScaleAdd's column scales or
+// kStoreColMax's running column max (N floats), else unused (nullptr).  Column panels outer, rows inner: one
+// panel of B (K x 16 * kBcastChunks) stays in L1 while A streams.
 template <BcastMode kMode>
 static void bcast_gemm(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
-                       int N, int K, float* aux = nullptr) {
+                       int N, int K, float* aux, int kblock) {
   for (int n0 = 0; n0 < N;) {
-    const int left = (N - n0) / kGemmChunk;
 #if defined(__AVX512F__)
+    const int left = (N - n0) / kGemmChunk;
     const int nv = left <= 6 ? left : kBcastChunks;
 #else
     const int nv = 1;
 #endif
     float* x = aux != nullptr ? aux + n0 : nullptr;
     switch (nv) {
-      case 1: bcast_panel<1, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      case 1: bcast_panel<1, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x, kblock); break;
 #if defined(__AVX512F__)
-      case 2: bcast_panel<2, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
-      case 3: bcast_panel<3, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
-      case 4: bcast_panel<4, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
-      case 5: bcast_panel<5, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
-      default: bcast_panel<6, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x); break;
+      case 2: bcast_panel<2, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x, kblock); break;
+      case 3: bcast_panel<3, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x, kblock); break;
+      case 4: bcast_panel<4, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x, kblock); break;
+      case 5: bcast_panel<5, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x, kblock); break;
+      default: bcast_panel<6, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x, kblock); break;
 #else
       default: break;
 #endif
