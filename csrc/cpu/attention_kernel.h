@@ -51,8 +51,15 @@ constexpr int kLdS = BK;  // leading dim of 64 x 64 tiles
 // chain over a head dim of 72-128 fails it (case 93: out error 1.6e-6 against 2 x 6.2e-7), S's rounding being
 // the softmax weights' relative error; chunks of <= 40 pass it, and so does one 64-term chain over the keys.
 // 16-term chunks everywhere pass too (the previous rule), but cost the image896 forward ~10% (one thread).
+// Without FMA (the generic level: every term rounded twice, product and sum) the longer chunks fail the same
+// fuzz (case 196: dk 2.1e-6 against 2 x 9.3e-7), so that level keeps 16-term chunks.
+#if defined(__FMA__)
 constexpr int kHeadDimChunk = 40;
 constexpr int kTileChunk = BK;
+#else
+constexpr int kHeadDimChunk = 16;
+constexpr int kTileChunk = 16;
+#endif
 static_assert(VW == kGemmChunk, "tiles are padded to the GEMM's column chunk");
 
 // The template argument is the head dim of a fast path (a compile-time constant), or 0: runtime.
