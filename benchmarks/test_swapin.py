@@ -121,6 +121,9 @@ def make_trainer(model, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), learning_rate=0.0, report_to=[], use_cpu=True, bf16=BF16,
                              save_strategy="no", disable_tqdm=True, remove_unused_columns=False)
     trainer = Trainer(model=model, args=args)
+    # What Trainer.train() does before its first step: accelerate wraps the model's forward in the mixed-precision
+    # autocast (bf16=True); training_step itself opens none, so without this a "bf16" step would run in fp32.
+    trainer.model_wrapped = trainer.accelerator.prepare_model(model)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     trainer.current_gradient_accumulation_steps = 1  # what Trainer's own loop sets before each training_step
     return trainer
