@@ -35,6 +35,9 @@ constexpr int kAttnMaxHeadDim = kMaxHeadDim;  // vl3fast/rope_math.h
 // vl3fast.ops.attention.ATTENTION_FAST_HEAD_DIMS) both expand it.
 #define VL3FAST_CPU_ATTN_FAST_HEAD_DIMS(X) X(64) X(72) X(80) X(128)
 constexpr int kAttnVec = 16;  // floats per padded chunk (one 512-bit vector)
+// Leading dim of the bf16 forward's query-lane tiles (kernels/attention_bf16.cpp): one chunk more than the 256
+// queries, so that consecutive rows do not map to the same few L1 sets.
+constexpr int kAttnBf16LdQ = kAttnFwdBlockQ + kAttnVec;
 
 struct AttentionWorkspaceLayout {
   int64_t offsets = 0;     // int64 [S + 1]: work items before each segment
@@ -66,10 +69,10 @@ VL3FAST_HD int64_t attn_thread_floats(int head_dim) {
       (2 * kAttnFwdBlockQ + 2 * kAttnBlockK) * dp + kAttnFwdBlockQ * kAttnBlockK + 3 * kAttnFwdBlockQ + 2 * dp;
   const int64_t bwd = 7 * kAttnBlockQ * dp + 4 * kAttnBlockQ * kAttnBlockK + 2 * dp;
   // bf16 dot-product forward (kernels/attention_bf16.cpp): Q^T pair-packed (D/2 x 256 words), O^T (D x 256),
-  // K and V pair-packed (2 x 32 x Dp words), S^T (64 x 256), P^T pair-packed (32 x 256 words), m, l and the
-  // column max (256), two fp32 rows and one bf16 row.
-  const int64_t fwd_bf16 = (kAttnFwdBlockQ / 2 + kAttnBlockK + kAttnFwdBlockQ) * dp +
-                           (kAttnBlockK + kAttnBlockK / 2) * kAttnFwdBlockQ + 3 * kAttnFwdBlockQ + 2 * dp + dp / 2;
+  // S^T (64 x 256) and P^T pair-packed (32 x 256 words), all with rows of kAttnBf16LdQ; K and V pair-packed
+  // (2 x 32 x Dp words), m, l and the column max (256), two fp32 rows and one bf16 row.
+  const int64_t fwd_bf16 = (dp / 2 + dp + kAttnBlockK + kAttnBlockK / 2) * kAttnBf16LdQ + kAttnBlockK * dp +
+                           3 * kAttnFwdBlockQ + 2 * dp + dp / 2;
   const int64_t most = fwd > bwd ? fwd : bwd;
   return most > fwd_bf16 ? most : fwd_bf16;
 }

@@ -24,6 +24,11 @@ namespace {
 
 static_assert(kLanes == 16 && kGemmChunk == 16, "the dot-product blocks are zmm wide");
 
+// Leading dim of the query-lane tiles (Q^T, S^T, P^T, O^T; attention_tiles.h): 256 + 16, so that their rows
+// are not 1 KiB apart (rows 1 KiB apart fall into 4 of L1's 64 sets: the 36 rows of a Q^T panel, or one
+// query's 72 values down O^T, then evict each other).
+constexpr int kLd = kAttnBf16LdQ;
+
 // bcast_gemm's register block on bf16 pairs: C[RI x 16*NV] (op)= A[RI x K2] B[K2 x 16*NV], all elements
 // 32-bit words of two bf16 (K2 counts pairs), A's element (r, k) at A[r * lda + k * ldk] (broadcast), B and
 // C row-major; kMode as bcast_gemm's.
@@ -52,7 +57,7 @@ static inline void dot_block(const uint32_t* A, int64_t lda, int64_t ldk, const 
     }
     if constexpr (kMode == BcastMode::kStoreColMax) {
       __m512 mx = _mm512_loadu_ps(aux + 16 * n);
-      for (int r = 0; r < RI; ++r) mx = _mm512_max_ps(mx, c[r][n]);
+      for (int r = 0; r < RI; ++r) mx = (__m512)vmaximum((vnat)mx, (vnat)c[r][n]);
       _mm512_storeu_ps(aux + 16 * n, mx);
     }
   }
@@ -107,6 +112,18 @@ static inline __m512i pack_pairs(__m512 e0, __m512 e1) {
   return _mm512_permutexvar_epi16(interleave, both);
 }
 
+// 16 floats -> 16 bf16 exactly as from_float<bf16> (scalar_types.h): round to nearest even, NaN made quiet,
+// denormals kept (vcvtneps2bf16 would flush them).
+static inline __m256i round_to_bf16_bits(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
+}
+
 // n (a multiple of 16) floats -> bf16, round to nearest even (vcvtneps2bf16).
 static inline void round_to_bf16(const float* x, uint16_t* out, int n) {
   for (int d = 0; d < n; d += 16)
@@ -147,12 +164,12 @@ struct Bf16DotForward {
     const int nq16 = round_up(nq, VW);  // lanes computed: queries nq.. of the last chunk are zero columns
 
     uint32_t* qp = reinterpret_cast<uint32_t*>(w);              // [D/2 x 256] words: Q^T
-    float* ot = reinterpret_cast<float*>(qp + Dp2 * BQF);       // [D x 256]: O^T
-    uint32_t* kp = reinterpret_cast<uint32_t*>(ot + Dp * BQF);  // [64 x Dp/2] words: K rows
+    float* ot = reinterpret_cast<float*>(qp + Dp2 * kLd);       // [D x 256]: O^T
+    uint32_t* kp = reinterpret_cast<uint32_t*>(ot + Dp * kLd);  // [64 x Dp/2] words: K rows
     uint32_t* vp = kp + BK * Dp2;                               // [32 x Dp] words: vp[key / 2 * Dp + d]
     float* st = reinterpret_cast<float*>(vp + BK / 2 * Dp);     // [64 x 256]: S^T (unscaled)
-    uint32_t* pw = reinterpret_cast<uint32_t*>(st + BK * BQF);  // [32 x 256] words: P^T
-    float* m = reinterpret_cast<float*>(pw + BK / 2 * BQF);     // [256]: running max, log2 units
+    uint32_t* pw = reinterpret_cast<uint32_t*>(st + BK * kLd);  // [32 x 256] words: P^T
+    float* m = reinterpret_cast<float*>(pw + BK / 2 * kLd);     // [256]: running max, log2 units
     float* l = m + BQF;                                         // [256]: running sum
     float* cm = l + BQF;                                        // [256]: the tile's column max, then alpha
     float* in = cm + BQF;                                       // [Dp]
@@ -162,13 +179,19 @@ struct Bf16DotForward {
     const bf16* qx = static_cast<const bf16*>(p.q);
     const bf16* kx = static_cast<const bf16*>(p.k);
     const uint16_t* vx = static_cast<const uint16_t*>(p.v);
+    // The first K/V tile and the next query rows are brought in while the queries are rotated (rows strided
+    // by the token stride: the hardware prefetchers do not follow them).
+    a.prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0, q0 + nq);
+    a.prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, start, start + len);
+    a.prefetch_rows(reinterpret_cast<const bf16*>(vx), p.v_stride_token, p.v_stride_head, h, start, start + len);
     for (int i = 0; i < nq16; ++i) {
+      if (i % BK == 0) a.prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + i + BK, q0 + nq);
       if (i < nq) {
         rotated_row(qx + (q0 + i) * p.q_stride_token + h * p.q_stride_head, q0 + i, in, rot, row16);
         const uint32_t* words = reinterpret_cast<const uint32_t*>(row16);
-        for (int c = 0; c < D2; ++c) qp[c * BQF + i] = words[c];
+        for (int c = 0; c < D2; ++c) qp[c * kLd + i] = words[c];
       } else {
-        for (int c = 0; c < D2; ++c) qp[c * BQF + i] = 0;
+        for (int c = 0; c < D2; ++c) qp[c * kLd + i] = 0;
       }
     }
 
@@ -188,7 +211,7 @@ struct Bf16DotForward {
       a.prefetch_rows(reinterpret_cast<const bf16*>(vx), p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
 
       for (int i = 0; i < nq16; i += 16) _mm512_storeu_ps(cm + i, _mm512_set1_ps(-INFINITY));
-      dot_gemm<BcastMode::kStoreColMax>(kp, Dp2, 1, qp, BQF, st, BQF, nk, nq16, D2, cm);
+      dot_gemm<BcastMode::kStoreColMax>(kp, Dp2, 1, qp, kLd, st, kLd, nk, nq16, D2, cm);
       for (int i = 0; i < nq16; i += 16) {  // scale > 0: the max of S * scale is the max of S, times scale
         const vnat tile_max = (vnat)_mm512_mul_ps(_mm512_loadu_ps(cm + i), sl);
         const vnat m_old = vload(m + i);
@@ -201,10 +224,10 @@ struct Bf16DotForward {
         __m512 sum = _mm512_setzero_ps();
         const float* s0 = st + i;
         uint32_t* pj = pw + i;
-        for (int jp = 0; jp < pairs; ++jp, s0 += 2 * BQF, pj += BQF) {
+        for (int jp = 0; jp < pairs; ++jp, s0 += 2 * kLd, pj += kLd) {
           const __m512 e0 = (__m512)vexp2_nonpositive((vnat)_mm512_fmsub_ps(_mm512_loadu_ps(s0), sl, mi));
           const __m512 e1 = 2 * jp + 1 < nk
-                                ? (__m512)vexp2_nonpositive((vnat)_mm512_fmsub_ps(_mm512_loadu_ps(s0 + BQF), sl, mi))
+                                ? (__m512)vexp2_nonpositive((vnat)_mm512_fmsub_ps(_mm512_loadu_ps(s0 + kLd), sl, mi))
                                 : _mm512_setzero_ps();
           sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
           _mm512_storeu_si512(pj, pack_pairs(e0, e1));
@@ -212,15 +235,22 @@ struct Bf16DotForward {
         vstore(l + i, first ? (vnat)sum : vload(l + i) * vload(cm + i) + (vnat)sum);
       }
       // O^T = O^T * alpha + V^T P^T: V's pair word (d, key pair jp) is vp[jp * Dp + d].
-      if (first) dot_gemm<BcastMode::kStore>(vp, 1, Dp, pw, BQF, ot, BQF, D, nq16, pairs);
-      else dot_gemm<BcastMode::kScaleAdd>(vp, 1, Dp, pw, BQF, ot, BQF, D, nq16, pairs, cm);
+      if (first) dot_gemm<BcastMode::kStore>(vp, 1, Dp, pw, kLd, ot, kLd, D, nq16, pairs);
+      else dot_gemm<BcastMode::kScaleAdd>(vp, 1, Dp, pw, kLd, ot, kLd, D, nq16, pairs, cm);
     }
 
+    // out = O / l, each query's D values gathered down O^T's column and rounded as from_float<bf16>.
     bf16* out = static_cast<bf16*>(p.out);
+    const __m512i down = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(kLd));
     for (int i = 0; i < nq; ++i) {
-      const float inv = 1.0f / l[i];
-      bf16* dst = out + (q0 + i) * p.out_stride_token + h * p.out_stride_head;
-      for (int d = 0; d < D; ++d) dst[d] = from_float<bf16>(ot[d * BQF + i] * inv);
+      const __m512 inv = _mm512_set1_ps(1.0f / l[i]);
+      uint16_t* dst = reinterpret_cast<uint16_t*>(out + (q0 + i) * p.out_stride_token + h * p.out_stride_head);
+      for (int d = 0; d < D; d += 16) {
+        const __mmask16 mask = D - d >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (D - d)) - 1);
+        const __m512 o = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, down, ot + d * kLd + i, 4);
+        _mm256_mask_storeu_epi16(dst + d, mask, round_to_bf16_bits(_mm512_mul_ps(o, inv)));
+      }
       p.lse[h * a.NT + q0 + i] = m[i] * 0.693147180559945309f + std::log(l[i]);
     }
   }
