@@ -124,6 +124,30 @@ static inline __m256i round_to_bf16_bits(__m512 x) {
   return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
 }
 
+// r[j][i] <- r[i][j]: a 16 x 16 fp32 transpose (pairs, quads, then 128-bit lanes twice).
+static inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int i = 0; i < 4; ++i) {
+      t[8 * h + i] = _mm512_shuffle_f32x4(u[8 * h + i], u[8 * h + 4 + i], 0x88);
+      t[8 * h + 4 + i] = _mm512_shuffle_f32x4(u[8 * h + i], u[8 * h + 4 + i], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+  }
+}
+
 // n (a multiple of 16) floats -> bf16, round to nearest even (vcvtneps2bf16).
 static inline void round_to_bf16(const float* x, uint16_t* out, int n) {
   for (int d = 0; d < n; d += 16)
@@ -239,19 +263,27 @@ struct Bf16DotForward {
       else dot_gemm<BcastMode::kScaleAdd>(vp, 1, Dp, pw, kLd, ot, kLd, D, nq16, pairs, cm);
     }
 
-    // out = O / l, each query's D values gathered down O^T's column and rounded as from_float<bf16>.
+    // out = O / l: blocks of 16 d x 16 queries of O^T transposed in registers, rounded as from_float<bf16>.
     bf16* out = static_cast<bf16*>(p.out);
-    const __m512i down = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(kLd));
-    for (int i = 0; i < nq; ++i) {
-      const __m512 inv = _mm512_set1_ps(1.0f / l[i]);
-      uint16_t* dst = reinterpret_cast<uint16_t*>(out + (q0 + i) * p.out_stride_token + h * p.out_stride_head);
+    for (int i0 = 0; i0 < nq; i0 += 16) {
+      const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_loadu_ps(l + i0));
+      const int nr = nq - i0 < 16 ? nq - i0 : 16;
       for (int d = 0; d < D; d += 16) {
-        const __mmask16 mask = D - d >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (D - d)) - 1);
-        const __m512 o = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, down, ot + d * kLd + i, 4);
-        _mm256_mask_storeu_epi16(dst + d, mask, round_to_bf16_bits(_mm512_mul_ps(o, inv)));
+        const int nd = D - d < 16 ? D - d : 16;
+        __m512 r[16];
+        for (int j = 0; j < 16; ++j)
+          r[j] = j < nd ? _mm512_mul_ps(_mm512_loadu_ps(ot + (d + j) * kLd + i0), inv) : _mm512_setzero_ps();
+        transpose16(r);
+        const __mmask16 mask = nd == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nd) - 1);
+        for (int j = 0; j < nr; ++j) {
+          bf16* dst = out + (q0 + i0 + j) * p.out_stride_token + h * p.out_stride_head + d;
+          _mm256_mask_storeu_epi16(dst, mask, round_to_bf16_bits(r[j]));
+        }
       }
-      p.lse[h * a.NT + q0 + i] = m[i] * 0.693147180559945309f + std::log(l[i]);
+      for (int j = 0; j < nr; ++j) {
+        const int i = i0 + j;
+        p.lse[h * a.NT + q0 + i] = m[i] * 0.693147180559945309f + std::log(l[i]);
+      }
     }
   }
 
