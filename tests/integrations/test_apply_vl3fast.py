@@ -7,8 +7,8 @@ Forward outputs and the gradient of every parameter follow the tolerance rule of
 on images of several sizes, a video and a batch of two (tiny_vlms.SAMPLES), also with gradient checkpointing
 (use_reentrant both ways) and under a peft LoRA wrapper.  Each test also counts the calls of vl3fast's
 attention core, so a swap that silently fell back to transformers' path would fail.  The device's default
-core runs everywhere (CPU: vl3fast's RoPE op + SDPA per run of equal-length segments); the first test also
-forces the other one (the fused rope2d_attention kernel, CUDA's default) through the same models.
+core (the fused rope2d_attention kernel) runs everywhere; the first test and the bf16 one also force the
+other one (vl3fast's RoPE op + SDPA per run of equal-length segments) through the same models.
 """
 from __future__ import annotations
 
