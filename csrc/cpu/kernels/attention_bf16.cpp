@@ -52,8 +52,8 @@ static inline void dot_block(const uint32_t* A, int64_t lda, int64_t ldk, const 
     const __m512 s = kMode == BcastMode::kScaleAdd ? _mm512_loadu_ps(aux + 16 * n) : _mm512_setzero_ps();
     for (int r = 0; r < RI; ++r) {
       float* cr = C + r * ldc + 16 * n;
-      if constexpr (kMode == BcastMode::kScaleAdd) _mm512_storeu_ps(cr, _mm512_fmadd_ps(_mm512_loadu_ps(cr), s, c[r][n]));
-      else _mm512_storeu_ps(cr, c[r][n]);
+      if constexpr (kMode == BcastMode::kScaleAdd) c[r][n] = _mm512_fmadd_ps(_mm512_loadu_ps(cr), s, c[r][n]);
+      _mm512_storeu_ps(cr, c[r][n]);
     }
     if constexpr (kMode == BcastMode::kStoreColMax) {
       __m512 mx = _mm512_loadu_ps(aux + 16 * n);
