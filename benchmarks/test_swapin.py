@@ -18,8 +18,9 @@ step never slower.  Both paths' losses are checked equal (fp32: 1e-4; bf16: 2e-2
 VL3FAST_BENCH_DTYPE=bf16 runs both under the Trainer's CPU bf16 autocast (TrainingArguments(bf16=True)).
 
 `test_attention_core_cpu` times the swapped attention module alone (the real transformers
-Qwen2_5_VLVisionAttention, 1280 wide, fwd+bwd) per segment length: transformers' forward, and the swap
-with each of vl3fast's attention cores (transformers_vision_core.ATTENTION_PATHS): the numbers behind
+Qwen2_5_VLVisionAttention, 1280 wide, fwd+bwd; fp32 or bf16 autocast as above) per segment length:
+transformers' forward, and the swap with each of vl3fast's attention cores
+(transformers_vision_core.ATTENTION_PATHS); and each core alone on given q, k, v: the numbers behind
 `path_for`.
 
 Heavy workloads (realistic image sizes) run with VL3FAST_BENCH_FULL=1; otherwise a small smoke workload keeps
@@ -120,6 +121,9 @@ def make_trainer(model, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), learning_rate=0.0, report_to=[], use_cpu=True, bf16=BF16,
                              save_strategy="no", disable_tqdm=True, remove_unused_columns=False)
     trainer = Trainer(model=model, args=args)
+    # What Trainer.train() does before its first step: accelerate wraps the model's forward in the mixed-precision
+    # autocast (bf16=True); training_step itself opens none, so without this a "bf16" step would run in fp32.
+    trainer.model_wrapped = trainer.accelerator.prepare_model(model)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     trainer.current_gradient_accumulation_steps = 1  # what Trainer's own loop sets before each training_step
     return trainer
@@ -223,7 +227,8 @@ CORE_LENGTHS = (64, 256, 1024, 4096) if FULL else (64,)
 
 @pytest.mark.parametrize("length", CORE_LENGTHS)
 def test_attention_core_cpu(bench, length):
-    """The swapped Qwen2.5-VL attention module's fwd+bwd, transformers' forward vs each vl3fast core."""
+    """The swapped Qwen2.5-VL attention module's fwd+bwd, transformers' forward vs each vl3fast core; and the
+    cores alone (`*_core`: q, k, v given), the comparison behind transformers_vision_core.path_for."""
     import transformers as tf
 
     from vl3fast.integrations import transformers_vision, transformers_vision_core
@@ -247,20 +252,43 @@ def test_attention_core_cpu(bench, length):
     swapped = transformers_vision._fused_forward(transformers_vision.VISION_TOWERS["qwen2_5_vl"], 10000.0)
 
     def stock():
-        module(x, cu_seqlens, position_embeddings=(emb.cos(), emb.sin())).backward(dout)
+        with autocast():
+            out = module(x, cu_seqlens, position_embeddings=(emb.cos(), emb.sin()))
+        out.backward(dout)
 
     def core(path):
         def run():
             real = transformers_vision_core.path_for
             transformers_vision_core.path_for = lambda device_type: path
             try:
-                swapped(module, x, cu_seqlens, **{transformers_vision.POSITIONS_KWARG: pos_hw}).backward(dout)
+                with autocast():
+                    out = swapped(module, x, cu_seqlens, **{transformers_vision.POSITIONS_KWARG: pos_hw})
+                out.backward(dout)
             finally:
                 transformers_vision_core.path_for = real
         return run
 
-    paths = {"stock": stock, **{p: core(p) for p in transformers_vision_core.ATTENTION_PATHS}}
+    # The cores alone (q, k, v given, in the dtype the module's qkv Linear hands them over): what path_for decides.
+    qkv_dtype = torch.bfloat16 if BF16 else torch.float32
+    q, k, v = (torch.randn(tokens, 16, D, dtype=qkv_dtype, requires_grad=True) for _ in range(3))
+    dout_THD = torch.randn(tokens, 16, D, dtype=qkv_dtype)
+
+    def core_only(path):
+        def run():
+            real = transformers_vision_core.path_for
+            transformers_vision_core.path_for = lambda device_type: path
+            try:
+                transformers_vision_core.packed_rope2d_attention(
+                    q, k, v, cu_seqlens, pos_hw, theta=10000.0, scale=D ** -0.5).backward(dout_THD)
+            finally:
+                transformers_vision_core.path_for = real
+            q.grad = k.grad = v.grad = None
+        return run
+
+    paths = {"stock": stock, **{p: core(p) for p in transformers_vision_core.ATTENTION_PATHS},
+             **{f"{p}_core": core_only(p) for p in transformers_vision_core.ATTENTION_PATHS}}
     times = {name: [] for name in paths}
+    cpu_times = {name: [] for name in paths}
     try:
         rounds = 1 if bench.disabled else ROUNDS
         for name, fn in paths.items():  # warm-up
@@ -268,15 +296,20 @@ def test_attention_core_cpu(bench, length):
         for i in range(rounds):
             for name in (list(paths) if i % 2 == 0 else list(paths)[::-1]):
                 times[name].append(_timed(paths[name])[0])
+                cpu_times[name].append(_timed.cpu)
                 x.grad = None
                 module.zero_grad(set_to_none=True)
     finally:
         torch.set_num_threads(threads)
     median = {name: statistics.median(v) for name, v in times.items()}
+    cpu = {name: statistics.median(v) for name, v in cpu_times.items()}
     bench.extra_info.update(
         tokens=tokens, segment_length=length, heads=16, head_dim=D, threads=_threads(bench), rounds=rounds,
+        dtype="bf16 autocast" if BF16 else "fp32", **{f"{name}_cpu_ms": round(1e3 * v, 1) for name, v in cpu.items()},
+        **{f"speedup_{p}_cpu": round(cpu["stock"] / cpu[p], 3) for p in transformers_vision_core.ATTENTION_PATHS},
         **{f"{name}_ms": round(1e3 * v, 1) for name, v in median.items()},
         **{f"speedup_{p}": round(median["stock"] / median[p], 3) for p in transformers_vision_core.ATTENTION_PATHS},
+        fused_core_over_rope_then_sdpa_core_cpu=round(cpu["rope_then_sdpa_core"] / cpu["fused_core"], 3),
         default_path=transformers_vision_core.path_for("cpu"), load_average=os.getloadavg()[0],
     )
     bench.pedantic(paths[transformers_vision_core.path_for("cpu")], rounds=1, iterations=1)

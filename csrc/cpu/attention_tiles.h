@@ -10,7 +10,8 @@
 // - The forward takes 256 queries per work item: preparing a K/V tile (load, convert, rotate) is paid once
 //   per 256 queries.  The fp32-tile forward puts the 256 queries along the vector lanes (S^T = K Q^T is
 //   64 x 256, 16 zmm per key row; see Attention::forward_item), so neither K nor V is transposed and the
-//   head dim is never padded in a product; the bf16 dot-product forward keeps queries as rows.
+//   head dim is never padded in a product; the bf16 dot-product forward (kernels/attention_bf16.cpp) does the
+//   same on pairs of bf16.
 // - Head dims are padded to a multiple of 16 floats (one 512-bit vector) inside row-major tiles: 72 -> 80.
 //   The backward's p.v-shaped products pay for the padding (80/72).
 // - Work items are (segment, head, 64-query block) in one flat list scheduled dynamically, so one long
@@ -34,6 +35,9 @@ constexpr int kAttnMaxHeadDim = kMaxHeadDim;  // vl3fast/rope_math.h
 // vl3fast.ops.attention.ATTENTION_FAST_HEAD_DIMS) both expand it.
 #define VL3FAST_CPU_ATTN_FAST_HEAD_DIMS(X) X(64) X(72) X(80) X(128)
 constexpr int kAttnVec = 16;  // floats per padded chunk (one 512-bit vector)
+// Leading dim of the bf16 forward's query-lane tiles (kernels/attention_bf16.cpp): one chunk more than the 256
+// queries, so that consecutive rows do not map to the same few L1 sets.
+constexpr int kAttnBf16LdQ = kAttnFwdBlockQ + kAttnVec;
 
 struct AttentionWorkspaceLayout {
   int64_t offsets = 0;     // int64 [S + 1]: work items before each segment
@@ -64,10 +68,11 @@ VL3FAST_HD int64_t attn_thread_floats(int head_dim) {
   const int64_t fwd =
       (2 * kAttnFwdBlockQ + 2 * kAttnBlockK) * dp + kAttnFwdBlockQ * kAttnBlockK + 3 * kAttnFwdBlockQ + 2 * dp;
   const int64_t bwd = 7 * kAttnBlockQ * dp + 4 * kAttnBlockQ * kAttnBlockK + 2 * dp;
-  // bf16 dot-product forward (kernels/attention_bf16.cpp): Q bf16 (256 x Dp / 2), K and V pair-packed
-  // (2 x 32 x Dp), O (256 x Dp), S with P in place (256 x 64), m and l, two fp32 rows and one bf16 row.
-  const int64_t fwd_bf16 = (kAttnFwdBlockQ / 2 + kAttnBlockK + kAttnFwdBlockQ) * dp + kAttnFwdBlockQ * kAttnBlockK +
-                           2 * kAttnFwdBlockQ + 2 * dp + dp / 2;
+  // bf16 dot-product forward (kernels/attention_bf16.cpp): Q^T pair-packed (D/2 x 256 words), O^T (D x 256),
+  // S^T (64 x 256) and P^T pair-packed (32 x 256 words), all with rows of kAttnBf16LdQ; K and V pair-packed
+  // (2 x 32 x Dp words), m, l and the column max (256), two fp32 rows and one bf16 row.
+  const int64_t fwd_bf16 = (dp / 2 + dp + kAttnBlockK + kAttnBlockK / 2) * kAttnBf16LdQ + kAttnBlockK * dp +
+                           3 * kAttnFwdBlockQ + 2 * dp + dp / 2;
   const int64_t most = fwd > bwd ? fwd : bwd;
   return most > fwd_bf16 ? most : fwd_bf16;
 }

@@ -21,7 +21,7 @@ def test_equal_length_runs():
 
 
 def test_path_for_each_device():
-    assert core.path_for("cpu") == "rope_then_sdpa"
+    assert core.path_for("cpu") == "fused"
     assert core.path_for("cuda") == "fused"
 
 

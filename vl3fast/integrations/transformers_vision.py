@@ -12,8 +12,8 @@ replaces, per instance, two things:
   Qwen2.5-VL's `window_index` / `cu_window_seqlens`, computed by transformers' own helper);
 - each attention module gets an instance-level `forward` that projects q, k, v with the module's own
   Linear layers and runs 2D-RoPE attention over the packed sequence with vl3fast's RoPE
-  (`transformers_vision_core.packed_rope2d_attention`: RoPE fused into the kernel on CUDA; on CPU vl3fast's
-  RoPE op then one torch SDPA call per run of equal-length segments, no per-segment loop, no copies),
+  (`transformers_vision_core.packed_rope2d_attention`: RoPE fused into vl3fast's varlen attention kernel,
+  one call for all segments: no Python rotary, no per-segment loop, no copies),
   for the full-attention and the windowed layers alike (the tower passes each layer its own cu_seqlens).
 
 Why a keyword argument and not state shared between the hook and the layers: these towers forward unknown

@@ -10,14 +10,18 @@ Two exact implementations of `softmax(rope(q) rope(k)^T * scale) v` per segment,
   per-segment `torch.split` loop (one SDPA call per window or frame) and the `cat` + `contiguous` copies
   after it; the attention arithmetic is the same torch kernel.
 
-`path_for` is the one decision.  On CPU `rope_then_sdpa` wins at every segment length the towers use:
-fwd+bwd of 4096 tokens, 16 heads x 80, fp32, 1 thread, AMD EPYC (load ~7, 3 interleaved rounds,
-a standalone script; re-measured on the real module by benchmarks/test_swapin.py::test_attention_core_cpu),
-fused / rope_then_sdpa / stock:
-L=64 (Qwen2.5-VL windows) 429 / 319 / 710 ms; L=256 (video frames) 868 / 687 / 985 ms;
-L=1024 3487 / 2481 / 2931 ms; L=4096 13428 / 6625 / 9169 ms.  The fused CPU kernel loses to torch's flash
-kernel mostly in its backward; when it wins, this is the line to change.  CUDA runs `fused` (a varlen kernel:
-one launch, no host sync; torch would need the per-run loop there too).
+`path_for` is the one decision: `fused` on every device.  On CPU it wins or ties at every segment length
+the towers use (benchmarks/test_swapin.py::test_attention_core_cpu, the cores alone on given q, k, v, 4096
+tokens, 16 heads x 80, fwd+bwd, 1 thread, process CPU time, median of 2 rounds, AMD EPYC with AVX512-BF16,
+load 3.5-6, commit d4613d6 = main with 268e926's bf16 forward), fused / rope_then_sdpa in ms:
+bf16 (Trainer bf16=True): L=64 (Qwen2.5-VL windows) 131 / 244; L=256 (video frames) 282 / 399;
+L=1024 921 / 1003; L=4096 3786 / 3947 (1.86x, 1.42x, 1.09x, 1.04x);
+fp32: L=64 141 / 132; L=256 274 / 281; L=1024 981 / 1072; L=4096 4556 / 4295 (0.94x, 1.03x, 1.09x, 0.94x:
+a tie at this load; the whole module, Linears included, 1.00x, 1.02x, 0.97x, 1.00x).
+`rope_then_sdpa` (which the CPU ran before the fused kernel's fp32 rewrite and bf16 forward: at L=4096 the
+old kernel's fp32 fwd+bwd took 13.4 s against its 6.6 s) stays as the measured alternative that the
+benchmark and the tests run; if a kernel change makes it win again, this is the line to change.  On CUDA
+the fused kernel is one varlen launch with no host sync (torch would need the per-run loop there too).
 """
 from __future__ import annotations
 
@@ -32,8 +36,9 @@ ATTENTION_PATHS = ("fused", "rope_then_sdpa")
 
 
 def path_for(device_type: str) -> str:
-    """The implementation (one of ATTENTION_PATHS) that serves the swapped vision attention on this device."""
-    return "rope_then_sdpa" if device_type == "cpu" else "fused"
+    """The implementation (one of ATTENTION_PATHS) that serves the swapped vision attention on this device:
+    the fused kernel everywhere (the numbers are in the module docstring)."""
+    return "fused"
 
 
 def equal_length_runs(cu_seqlens: list[int]) -> list[tuple[int, int, int]]:

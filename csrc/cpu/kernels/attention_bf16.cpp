@@ -3,15 +3,18 @@
 // instruction of the fp32 kernel.  Compiled in every ISA build; only builds with __AVX512BF16__ (the
 // avx512bf16 level, isa.h) define the kernel, and only they call it (kernels/attention.cpp).
 //
-// Per work item (segment, head, 256-query block), as the fp32 forward (attention_kernel.h), except:
+// Per work item (segment, head, 256-query block), as the fp32-tile forward (Attention::forward_item in
+// attention_kernel.h: queries along the vector lanes, S^T = K Q^T and O^T = O^T * alpha + V^T P^T with A
+// broadcast, the online softmax down the columns, no horizontal reductions), except:
 // - q and k are rotated in fp32 and rounded to bf16 once (transformers rotates in fp32 and casts back to
 //   bf16 before its SDPA: the same rounding); the softmax scale is applied to S in fp32, not folded into q.
-// - Tiles are laid out for the pair-wise dot product: a row of A is 32-bit words of two bf16 of
-//   consecutive k, a row of B holds, for each column, the same two k.  So Q is row-major bf16, K is
-//   stored as [D/2 pairs x 64 keys] words (a transpose of 32-bit pairs), V as [32 key pairs x Dp] words
-//   (two consecutive keys' values interleaved), and P = exp(S - m) is rounded to bf16 row-major (as
-//   torch's flash CPU kernel does for reduced types) in place over the first half of each S row.
-// - Softmax statistics (max, sum) and O stay fp32.
+// - The products contract over pairs: every operand element is a 32-bit word of two bf16 of consecutive k
+//   (dot_gemm below).  Q^T is [D/2 pairs x 256 queries] words, K rows are bf16 rows read as D/2 words, V is
+//   [32 key pairs x D] words (two consecutive keys' values interleaved), and P^T = 2^(...) is rounded to bf16
+//   (as torch's flash CPU kernel does for reduced types) into [32 key pairs x 256 queries] words.
+// - The softmax statistics (max, sum of the unrounded weights), S and O stay fp32.
+// The pair-wise products halve the serial fp32 chains of both contractions (D/2 and 32 steps), so they are
+// not split into K blocks as the fp32 products are (kBcastKBlock): bf16 rounding of q, k and P dominates.
 #include "../attention_kernel.h"
 
 #if defined(__AVX512BF16__)
@@ -19,50 +22,129 @@
 namespace vl3fast::cpu::VL3FAST_ISA_NS {
 namespace {
 
-// C[RI x 16*NN] (+)= A[RI x K2 words] B[K2 x 16*NN words]; accumulators stay in registers.
-template <int RI, int NN>
-static inline void dot_kernel(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int K2,
-                              bool accumulate) {
-  __m512 c[RI][NN];
+static_assert(kLanes == 16 && kGemmChunk == 16, "the dot-product blocks are zmm wide");
+
+// Leading dim of the query-lane tiles (Q^T, S^T, P^T, O^T; attention_tiles.h): 256 + 16, so that their rows
+// are not 1 KiB apart (rows 1 KiB apart fall into 4 of L1's 64 sets: the 36 rows of a Q^T panel, or one
+// query's 72 values down O^T, then evict each other).
+constexpr int kLd = kAttnBf16LdQ;
+
+// bcast_gemm's register block on bf16 pairs: C[RI x 16*NV] (op)= A[RI x K2] B[K2 x 16*NV], all elements
+// 32-bit words of two bf16 (K2 counts pairs), A's element (r, k) at A[r * lda + k * ldk] (broadcast), B and
+// C row-major; kMode as bcast_gemm's.
+template <int RI, int NV, BcastMode kMode>
+static inline void dot_block(const uint32_t* A, int64_t lda, int64_t ldk, const uint32_t* B, int ldb, float* C,
+                             int ldc, int K2, float* aux) {
+  __m512 c[RI][NV];
   for (int r = 0; r < RI; ++r)
-    for (int n = 0; n < NN; ++n) c[r][n] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16 * n) : _mm512_setzero_ps();
-  for (int kk = 0; kk < K2; ++kk) {
-    __m512bh b[NN];
-    for (int n = 0; n < NN; ++n) b[n] = (__m512bh)_mm512_loadu_si512(B + static_cast<int64_t>(kk) * ldb + 16 * n);
+    for (int n = 0; n < NV; ++n) c[r][n] = _mm512_setzero_ps();
+  const uint32_t* a = A;
+  const uint32_t* b_row = B;
+  for (int kk = 0; kk < K2; ++kk, a += ldk, b_row += ldb) {
+    __m512bh b[NV];
+    for (int n = 0; n < NV; ++n) b[n] = (__m512bh)_mm512_loadu_si512(b_row + 16 * n);
     for (int r = 0; r < RI; ++r) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[r * lda + kk]));
-      for (int n = 0; n < NN; ++n) c[r][n] = _mm512_dpbf16_ps(c[r][n], a, b[n]);
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * lda]));
+      for (int n = 0; n < NV; ++n) c[r][n] = _mm512_dpbf16_ps(c[r][n], ar, b[n]);
     }
   }
-  for (int r = 0; r < RI; ++r)
-    for (int n = 0; n < NN; ++n) _mm512_storeu_ps(C + r * ldc + 16 * n, c[r][n]);
-}
-
-template <int NN>
-static void dot_columns(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int M, int K2,
-                        bool accumulate) {
-  constexpr int RI = NN <= 4 ? 6 : 4;  // 24 or 20 (NN = 5, 6: up to 24) of the 32 zmm hold accumulators
-  int m = 0;
-  for (; m + RI <= M; m += RI) dot_kernel<RI, NN>(A + m * lda, lda, B, ldb, C + m * ldc, ldc, K2, accumulate);
-  for (; m < M; m += 2) dot_kernel<2, NN>(A + m * lda, lda, B, ldb, C + m * ldc, ldc, K2, accumulate);
-}
-
-// C[M x N] (+)= A B over K2 bf16 pairs; M even, N a multiple of 16.
-static void dot_gemm(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int M, int N, int K2,
-                     bool accumulate) {
-  int n0 = 0, nv = N / 16;
-  while (nv > 0) {
-    const int chunk = nv <= 6 ? nv : 4;
-    switch (chunk) {
-      case 1: dot_columns<1>(A, lda, B + n0, ldb, C + n0, ldc, M, K2, accumulate); break;
-      case 2: dot_columns<2>(A, lda, B + n0, ldb, C + n0, ldc, M, K2, accumulate); break;
-      case 3: dot_columns<3>(A, lda, B + n0, ldb, C + n0, ldc, M, K2, accumulate); break;
-      case 4: dot_columns<4>(A, lda, B + n0, ldb, C + n0, ldc, M, K2, accumulate); break;
-      case 5: dot_columns<5>(A, lda, B + n0, ldb, C + n0, ldc, M, K2, accumulate); break;
-      default: dot_columns<6>(A, lda, B + n0, ldb, C + n0, ldc, M, K2, accumulate); break;
+  for (int n = 0; n < NV; ++n) {
+    const __m512 s = kMode == BcastMode::kScaleAdd ? _mm512_loadu_ps(aux + 16 * n) : _mm512_setzero_ps();
+    for (int r = 0; r < RI; ++r) {
+      float* cr = C + r * ldc + 16 * n;
+      if constexpr (kMode == BcastMode::kScaleAdd) c[r][n] = _mm512_fmadd_ps(_mm512_loadu_ps(cr), s, c[r][n]);
+      _mm512_storeu_ps(cr, c[r][n]);
     }
-    n0 += chunk * 16;
-    nv -= chunk;
+    if constexpr (kMode == BcastMode::kStoreColMax) {
+      __m512 mx = _mm512_loadu_ps(aux + 16 * n);
+      for (int r = 0; r < RI; ++r) mx = (__m512)vmaximum((vnat)mx, (vnat)c[r][n]);
+      _mm512_storeu_ps(aux + 16 * n, mx);
+    }
+  }
+}
+
+// The rows of one column panel: whole register blocks, then the remaining rows in one block.
+template <int NV, BcastMode kMode, int R = bcast_rows<NV>() - 1>
+static inline void dot_tail(int rows, const uint32_t* A, int64_t lda, int64_t ldk, const uint32_t* B, int ldb,
+                            float* C, int ldc, int K2, float* aux) {
+  if constexpr (R > 0) {
+    if (rows == R) return dot_block<R, NV, kMode>(A, lda, ldk, B, ldb, C, ldc, K2, aux);
+    dot_tail<NV, kMode, R - 1>(rows, A, lda, ldk, B, ldb, C, ldc, K2, aux);
+  }
+}
+
+template <int NV, BcastMode kMode>
+static void dot_panel(const uint32_t* A, int64_t lda, int64_t ldk, const uint32_t* B, int ldb, float* C, int ldc,
+                      int M, int K2, float* aux) {
+  constexpr int RI = bcast_rows<NV>();
+  int m = 0;
+  for (; m + RI <= M; m += RI) dot_block<RI, NV, kMode>(A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K2, aux);
+  if (m < M) dot_tail<NV, kMode>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K2, aux);
+}
+
+// C[M x N] (op)= A B over K2 pairs (kStore, kScaleAdd or kStoreColMax; N a multiple of 16): bcast_gemm's
+// panel order (vec_math.h) on dot_block.
+template <BcastMode kMode>
+static void dot_gemm(const uint32_t* A, int64_t lda, int64_t ldk, const uint32_t* B, int ldb, float* C, int ldc, int M,
+                     int N, int K2, float* aux = nullptr) {
+  static_assert(kMode != BcastMode::kAdd, "not needed by the forward");
+  for (int n0 = 0; n0 < N;) {
+    const int left = (N - n0) / 16;
+    const int nv = left <= 6 ? left : kBcastChunks;
+    float* x = aux != nullptr ? aux + n0 : nullptr;
+    switch (nv) {
+      case 1: dot_panel<1, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K2, x); break;
+      case 2: dot_panel<2, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K2, x); break;
+      case 3: dot_panel<3, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K2, x); break;
+      case 4: dot_panel<4, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K2, x); break;
+      case 5: dot_panel<5, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K2, x); break;
+      default: dot_panel<6, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K2, x); break;
+    }
+    n0 += nv * 16;
+  }
+}
+
+// Two rows of 16 fp32 weights -> 16 words (bf16(e0) | bf16(e1) << 16), round to nearest even.
+static inline __m512i pack_pairs(__m512 e0, __m512 e1) {
+  const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);  // e0's 16 bf16, then e1's
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(interleave, both);
+}
+
+// 16 floats -> 16 bf16 exactly as from_float<bf16> (scalar_types.h): round to nearest even, NaN made quiet,
+// denormals kept (vcvtneps2bf16 would flush them).
+static inline __m256i round_to_bf16_bits(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
+}
+
+// r[j][i] <- r[i][j]: a 16 x 16 fp32 transpose (pairs, quads, then 128-bit lanes twice).
+static inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int i = 0; i < 4; ++i) {
+      t[8 * h + i] = _mm512_shuffle_f32x4(u[8 * h + i], u[8 * h + 4 + i], 0x88);
+      t[8 * h + 4 + i] = _mm512_shuffle_f32x4(u[8 * h + i], u[8 * h + 4 + i], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
   }
 }
 
@@ -70,6 +152,17 @@ static void dot_gemm(const uint32_t* A, int lda, const uint32_t* B, int ldb, flo
 static inline void round_to_bf16(const float* x, uint16_t* out, int n) {
   for (int d = 0; d < n; d += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + d), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + d)));
+}
+
+// D values of two bf16 rows -> D words (v0[d] | v1[d] << 16); v1 == nullptr: zeros.
+static inline void interleave_rows(const uint16_t* v0, const uint16_t* v1, int D, uint32_t* dst) {
+  for (int d = 0; d < D; d += 16) {
+    const __mmask16 mask = D - d >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (D - d)) - 1);
+    const __m512i w0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, v0 + d));
+    const __m512i w1 = v1 != nullptr ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, v1 + d))
+                                     : _mm512_setzero_si512();
+    _mm512_mask_storeu_epi32(dst + d, mask, _mm512_or_si512(w0, _mm512_slli_epi32(w1, 16)));
+  }
 }
 
 template <int kD>
@@ -91,87 +184,106 @@ struct Bf16DotForward {
     const auto rows = a.item_rows(item, BQF);
     const int h = rows.head, D = a.D, Dp = a.Dp, Dp2 = Dp / 2, D2 = D / 2;
     const int64_t start = rows.seg_start, len = rows.seg_len, q0 = rows.first;
-    const int nq = rows.count, mq = round_up(nq, 4);
+    const int nq = rows.count;
+    const int nq16 = round_up(nq, VW);  // lanes computed: queries nq.. of the last chunk are zero columns
 
-    uint32_t* q = reinterpret_cast<uint32_t*>(w);  // [256 x Dp/2] words: bf16 rows
-    uint32_t* kp = q + BQF * Dp2;                  // [Dp/2 x 64] words: kp[pair * 64 + key]
-    uint32_t* vp = kp + Dp2 * BK;                  // [32 x Dp] words: vp[key / 2 * Dp + d]
-    float* o = reinterpret_cast<float*>(vp + BK / 2 * Dp);  // [256 x Dp]
-    float* s = o + BQF * Dp;                       // [256 x 64]; P (bf16) over each row's first half
-    float* m = s + BQF * BK;                       // [256]
-    float* l = m + BQF;                            // [256]
-    float* in = l + BQF;                           // [Dp]
-    float* rot = in + Dp;                          // [Dp]
-    uint16_t* row16 = reinterpret_cast<uint16_t*>(rot + Dp);  // [Dp]
+    uint32_t* qp = reinterpret_cast<uint32_t*>(w);              // [D/2 x 256] words: Q^T
+    float* ot = reinterpret_cast<float*>(qp + Dp2 * kLd);       // [D x 256]: O^T
+    uint32_t* kp = reinterpret_cast<uint32_t*>(ot + Dp * kLd);  // [64 x Dp/2] words: K rows
+    uint32_t* vp = kp + BK * Dp2;                               // [32 x Dp] words: vp[key / 2 * Dp + d]
+    float* st = reinterpret_cast<float*>(vp + BK / 2 * Dp);     // [64 x 256]: S^T (unscaled)
+    uint32_t* pw = reinterpret_cast<uint32_t*>(st + BK * kLd);  // [32 x 256] words: P^T
+    float* m = reinterpret_cast<float*>(pw + BK / 2 * kLd);     // [256]: running max, log2 units
+    float* l = m + BQF;                                         // [256]: running sum
+    float* cm = l + BQF;                                        // [256]: the tile's column max, then alpha
+    float* in = cm + BQF;                                       // [Dp]
+    float* rot = in + Dp;                                       // [Dp]
+    uint16_t* row16 = reinterpret_cast<uint16_t*>(rot + Dp);    // [Dp]
 
     const bf16* qx = static_cast<const bf16*>(p.q);
     const bf16* kx = static_cast<const bf16*>(p.k);
     const uint16_t* vx = static_cast<const uint16_t*>(p.v);
-    for (int i = 0; i < mq; ++i) {
-      uint16_t* dst = reinterpret_cast<uint16_t*>(q + i * Dp2);
-      if (i < nq) rotated_row(qx + (q0 + i) * p.q_stride_token + h * p.q_stride_head, q0 + i, in, rot, dst);
-      else std::memset(dst, 0, sizeof(uint16_t) * Dp);
-      m[i] = -INFINITY;
-      l[i] = 0.0f;
+    // The first K/V tile and the next query rows are brought in while the queries are rotated (rows strided
+    // by the token stride: the hardware prefetchers do not follow them).
+    a.prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0, q0 + nq);
+    a.prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, start, start + len);
+    a.prefetch_rows(reinterpret_cast<const bf16*>(vx), p.v_stride_token, p.v_stride_head, h, start, start + len);
+    for (int i = 0; i < nq16; ++i) {
+      if (i % BK == 0) a.prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + i + BK, q0 + nq);
+      if (i < nq) {
+        rotated_row(qx + (q0 + i) * p.q_stride_token + h * p.q_stride_head, q0 + i, in, rot, row16);
+        const uint32_t* words = reinterpret_cast<const uint32_t*>(row16);
+        for (int c = 0; c < D2; ++c) qp[c * kLd + i] = words[c];
+      } else {
+        for (int c = 0; c < D2; ++c) qp[c * kLd + i] = 0;
+      }
     }
-    std::memset(o, 0, sizeof(float) * mq * Dp);
-    const __m512 vscale = _mm512_set1_ps(p.scale);
 
+    const __m512 sl = _mm512_set1_ps(p.scale * 1.44269504088896341f);  // the softmax scale, in log2 units
     for (int64_t k0 = start; k0 < start + len; k0 += BK) {
       const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
-      const int nk16 = round_up(nk, VW), pairs = (nk + 1) / 2;
-      for (int j = 0; j < nk16; ++j) {
-        if (j < nk) {
-          rotated_row(kx + (k0 + j) * p.k_stride_token + h * p.k_stride_head, k0 + j, in, rot, row16);
-          const uint32_t* words = reinterpret_cast<const uint32_t*>(row16);
-          for (int c = 0; c < D2; ++c) kp[c * BK + j] = words[c];
-        } else {
-          for (int c = 0; c < D2; ++c) kp[c * BK + j] = 0;
-        }
-      }
+      const int pairs = (nk + 1) / 2;
+      const bool first = k0 == start;
+      for (int j = 0; j < nk; ++j)
+        rotated_row(kx + (k0 + j) * p.k_stride_token + h * p.k_stride_head, k0 + j, in, rot,
+                    reinterpret_cast<uint16_t*>(kp + j * Dp2));
       for (int jp = 0; jp < pairs; ++jp) {
         const uint16_t* v0 = vx + (k0 + 2 * jp) * p.v_stride_token + h * p.v_stride_head;
-        const uint16_t* v1 = 2 * jp + 1 < nk ? v0 + p.v_stride_token : nullptr;
-        uint32_t* dst = vp + jp * Dp;
-        for (int d = 0; d < D; ++d) dst[d] = v0[d] | (v1 != nullptr ? static_cast<uint32_t>(v1[d]) << 16 : 0u);
-        for (int d = D; d < Dp; ++d) dst[d] = 0;
+        interleave_rows(v0, 2 * jp + 1 < nk ? v0 + p.v_stride_token : nullptr, D, vp + jp * Dp);
       }
       a.prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
       a.prefetch_rows(reinterpret_cast<const bf16*>(vx), p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
-      dot_gemm(q, Dp2, kp, BK, s, kLdS, mq, nk16, D2, false);
-      for (int i = 0; i < nq; ++i) {
-        float* si = s + i * kLdS;
-        for (int j = nk; j < nk16; ++j) si[j] = -INFINITY;  // padded keys: P = 0
-        __m512 vmax = _mm512_loadu_ps(si);
-        for (int j = 16; j < nk16; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(si + j));
-        const float row_max = hmax((vnat)vmax) * p.scale;
-        const float mx = row_max > m[i] ? row_max : m[i];
-        const float alpha = exp_nonpositive(m[i] - mx);
-        const __m512 vmx = _mm512_set1_ps(mx);
-        __m512 vsum = _mm512_setzero_ps();
-        uint16_t* pi = reinterpret_cast<uint16_t*>(si);  // P overwrites what was already read
-        for (int j = 0; j < nk16; j += 16) {
-          const __m512 e = (__m512)vexp_nonpositive((vnat)_mm512_fmsub_ps(_mm512_loadu_ps(si + j), vscale, vmx));
-          vsum = _mm512_add_ps(vsum, e);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pi + j), (__m256i)_mm512_cvtneps_pbh(e));
-        }
-        m[i] = mx;
-        l[i] = l[i] * alpha + hsum((vnat)vsum);
-        float* oi = o + i * Dp;
-        const __m512 valpha = _mm512_set1_ps(alpha);
-        for (int d = 0; d < Dp; d += 16) _mm512_storeu_ps(oi + d, _mm512_mul_ps(_mm512_loadu_ps(oi + d), valpha));
+
+      for (int i = 0; i < nq16; i += 16) _mm512_storeu_ps(cm + i, _mm512_set1_ps(-INFINITY));
+      dot_gemm<BcastMode::kStoreColMax>(kp, Dp2, 1, qp, kLd, st, kLd, nk, nq16, D2, cm);
+      for (int i = 0; i < nq16; i += 16) {  // scale > 0: the max of S * scale is the max of S, times scale
+        const vnat tile_max = (vnat)_mm512_mul_ps(_mm512_loadu_ps(cm + i), sl);
+        const vnat m_old = vload(m + i);
+        const vnat m_new = first ? tile_max : vmaximum(m_old, tile_max);
+        vstore(m + i, m_new);
+        vstore(cm + i, first ? vnat{} : vexp2_nonpositive(m_old - m_new));
       }
-      // Rows nq..mq of S are q's zero padding: S = 0, read as bf16 P = 0.  P's row stride is S's (64 words).
-      dot_gemm(reinterpret_cast<const uint32_t*>(s), kLdS, vp, Dp, o, Dp, mq, Dp, pairs, true);
+      for (int i = 0; i < nq16; i += 16) {  // P = 2^(S scale log2 e - m), two keys per word; l = l * alpha + sum
+        const __m512 mi = _mm512_loadu_ps(m + i);
+        __m512 sum = _mm512_setzero_ps();
+        const float* s0 = st + i;
+        uint32_t* pj = pw + i;
+        for (int jp = 0; jp < pairs; ++jp, s0 += 2 * kLd, pj += kLd) {
+          const __m512 e0 = (__m512)vexp2_nonpositive((vnat)_mm512_fmsub_ps(_mm512_loadu_ps(s0), sl, mi));
+          const __m512 e1 = 2 * jp + 1 < nk
+                                ? (__m512)vexp2_nonpositive((vnat)_mm512_fmsub_ps(_mm512_loadu_ps(s0 + kLd), sl, mi))
+                                : _mm512_setzero_ps();
+          sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+          _mm512_storeu_si512(pj, pack_pairs(e0, e1));
+        }
+        vstore(l + i, first ? (vnat)sum : vload(l + i) * vload(cm + i) + (vnat)sum);
+      }
+      // O^T = O^T * alpha + V^T P^T: V's pair word (d, key pair jp) is vp[jp * Dp + d].
+      if (first) dot_gemm<BcastMode::kStore>(vp, 1, Dp, pw, kLd, ot, kLd, D, nq16, pairs);
+      else dot_gemm<BcastMode::kScaleAdd>(vp, 1, Dp, pw, kLd, ot, kLd, D, nq16, pairs, cm);
     }
 
+    // out = O / l: blocks of 16 d x 16 queries of O^T transposed in registers, rounded as from_float<bf16>.
     bf16* out = static_cast<bf16*>(p.out);
-    for (int i = 0; i < nq; ++i) {
-      const float inv = 1.0f / l[i];
-      bf16* dst = out + (q0 + i) * p.out_stride_token + h * p.out_stride_head;
-      const float* oi = o + i * Dp;
-      for (int d = 0; d < D; ++d) dst[d] = from_float<bf16>(oi[d] * inv);
-      p.lse[h * a.NT + q0 + i] = m[i] + std::log(l[i]);
+    for (int i0 = 0; i0 < nq; i0 += 16) {
+      const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_loadu_ps(l + i0));
+      const int nr = nq - i0 < 16 ? nq - i0 : 16;
+      for (int d = 0; d < D; d += 16) {
+        const int nd = D - d < 16 ? D - d : 16;
+        __m512 r[16];
+        for (int j = 0; j < 16; ++j)
+          r[j] = j < nd ? _mm512_mul_ps(_mm512_loadu_ps(ot + (d + j) * kLd + i0), inv) : _mm512_setzero_ps();
+        transpose16(r);
+        const __mmask16 mask = nd == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nd) - 1);
+        for (int j = 0; j < nr; ++j) {
+          bf16* dst = out + (q0 + i0 + j) * p.out_stride_token + h * p.out_stride_head + d;
+          _mm256_mask_storeu_epi16(dst, mask, round_to_bf16_bits(r[j]));
+        }
+      }
+      for (int j = 0; j < nr; ++j) {
+        const int i = i0 + j;
+        p.lse[h * a.NT + q0 + i] = m[i] * 0.693147180559945309f + std::log(l[i]);
+      }
     }
   }
 
