@@ -14,7 +14,8 @@
 //   (as torch's flash CPU kernel does for reduced types) into [32 key pairs x 256 queries] words.
 // - The softmax statistics (max, sum of the unrounded weights), S and O stay fp32.
 // The pair-wise products halve the serial fp32 chains of both contractions (D/2 and 32 steps), so they are
-// not split into K blocks as the fp32 products are (kBcastKBlock): bf16 rounding of q, k and P dominates.
+// not split into K chunks as the fp32 products are (kHeadDimChunk, attention_kernel.h): bf16 rounding of q, k
+// and P dominates.
 #include "../attention_kernel.h"
 
 #if defined(__AVX512BF16__)
