@@ -19,9 +19,11 @@ VL3FAST_BENCH_DTYPE=bf16 runs both under the Trainer's CPU bf16 autocast (Traini
 
 `test_attention_core_cpu` times the swapped attention module alone (the real transformers
 Qwen2_5_VLVisionAttention, 1280 wide, fwd+bwd; fp32 or bf16 autocast as above) per segment length:
-transformers' forward, and the swap with each of vl3fast's attention cores
-(transformers_vision_core.ATTENTION_PATHS); and each core alone on given q, k, v: the numbers behind
-`path_for`.
+transformers' forward, and the swap with each attention core of CORES; and each core alone on given q, k, v.
+The swap runs `fused` (vl3fast.ops.rope2d_attention) on every device; `rope_then_sdpa` is its measured peer,
+the best unfused alternative (vl3fast's RoPE op on q and k, then one torch SDPA per run of equal-length
+segments on zero-copy views: what the CPU swap ran before the fused kernel's fp32 rewrite and bf16 forward).
+If a kernel change makes the peer win again, these numbers show it.
 
 Heavy workloads (realistic image sizes) run with VL3FAST_BENCH_FULL=1; otherwise a small smoke workload keeps
 `pytest benchmarks --benchmark-disable` fast for CI.
@@ -38,8 +40,10 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vl3fast
+from vl3fast.ops import apply_rope2d, rope2d_attention
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.integrations import tiny_vlms as tv  # noqa: E402  (the input builders the tests use)
@@ -220,6 +224,67 @@ def _paired_rounds(bench, family, workload, tmp_path, rounds):
     bench.pedantic(lambda: trainer_step(trainer, packed), rounds=1, iterations=1)
 
 
+def equal_length_runs(cu_seqlens: list[int]) -> list[tuple[int, int, int]]:
+    """`(first token, segment length, number of segments)` per run of consecutive equal-length segments;
+    empty segments are dropped (they attend to nothing and produce no rows)."""
+    runs: list[tuple[int, int, int]] = []
+    for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        length = end - start
+        if length == 0:
+            continue
+        if runs and runs[-1][1] == length and runs[-1][0] + runs[-1][1] * runs[-1][2] == start:
+            first, _, count = runs[-1]
+            runs[-1] = (first, length, count + 1)
+        else:
+            runs.append((start, length, 1))
+    return runs
+
+
+def rope_then_sdpa(q_THD, k_THD, v_THD, cu_seqlens, pos_hw, *, theta: float, scale: float,
+                   max_seqlen: int | None = None) -> torch.Tensor:
+    """The fused op's peer, same signature: vl3fast's RoPE op rotates q and k (no float copies, no
+    rotate_half/cat), then torch's SDPA runs once per run of equal-length segments on `[n, H, L, D]` views."""
+    T, H, D = q_THD.shape
+    q_THD, k_THD = apply_rope2d(q_THD, pos_hw, theta), apply_rope2d(k_THD, pos_hw, theta)
+    outs = []
+    for start, length, count in equal_length_runs(cu_seqlens.tolist()):
+        rows = slice(start, start + length * count)
+        q, k, v = (t[rows].view(count, length, H, D).transpose(1, 2) for t in (q_THD, k_THD, v_THD))
+        out_nHLD = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        outs.append(out_nHLD.transpose(1, 2).reshape(length * count, H, D))
+    if not outs:
+        return q_THD.new_zeros(T, H, D)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+CORES = {"fused": rope2d_attention, "rope_then_sdpa": rope_then_sdpa}
+
+
+def test_rope_then_sdpa_is_exact():
+    """The peer computes the same attention (else its times would compare different work): against the float64
+    reference, outputs and gradients, on a fused-qkv strided layout with runs of equal-length segments and
+    empty ones."""
+    from vl3fast.reference import rope2d_attention as reference_attention
+
+    assert equal_length_runs([0, 4, 8, 8, 12, 14, 16, 16]) == [(0, 4, 3), (12, 2, 2)]
+    assert equal_length_runs([0, 0]) == []
+    assert equal_length_runs([0, 3, 7]) == [(0, 3, 1), (3, 4, 1)]
+    H, D, theta = 2, 80, 10000.0
+    cu = torch.tensor([0, 16, 32, 48, 48, 56, 64, 85, 85], dtype=torch.int32)  # a run of 3, empty, a run of 2, ...
+    T = int(cu[-1])
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(T, 3, H, D, generator=g, requires_grad=True)
+    pos = torch.stack([torch.arange(T) // 5, torch.arange(T) % 5], 1).to(torch.int32)
+    dout = torch.randn(T, H, D, generator=g)
+    out = rope_then_sdpa(*qkv.unbind(1), cu, pos, theta=theta, scale=D ** -0.5)
+    out.backward(dout)
+    exact_qkv = qkv.detach().double().requires_grad_()
+    exact = reference_attention(*exact_qkv.unbind(1), cu, pos, theta=theta, scale=D ** -0.5)
+    exact.backward(dout.double())
+    torch.testing.assert_close(out.double(), exact.detach(), rtol=0, atol=2e-5)
+    torch.testing.assert_close(qkv.grad.double(), exact_qkv.grad, rtol=0, atol=2e-5)
+
+
 # Segment lengths of the towers: Qwen2.5-VL's 112 px windows (64 patches), a 224 px frame (256), a 448 px
 # image (1024), an 896 px image (4096); 4096 tokens each (smoke: 64-token segments of 256 tokens).
 CORE_LENGTHS = (64, 256, 1024, 4096) if FULL else (64,)
@@ -227,11 +292,11 @@ CORE_LENGTHS = (64, 256, 1024, 4096) if FULL else (64,)
 
 @pytest.mark.parametrize("length", CORE_LENGTHS)
 def test_attention_core_cpu(bench, length):
-    """The swapped Qwen2.5-VL attention module's fwd+bwd, transformers' forward vs each vl3fast core; and the
-    cores alone (`*_core`: q, k, v given), the comparison behind transformers_vision_core.path_for."""
+    """The swapped Qwen2.5-VL attention module's fwd+bwd, transformers' forward vs the swap with each core of
+    CORES; and the cores alone (`*_core`: q, k, v given)."""
     import transformers as tf
 
-    from vl3fast.integrations import transformers_vision, transformers_vision_core
+    from vl3fast.integrations import transformers_vision
     from vl3fast.reference.rope import rope2d_inv_freq
 
     threads = torch.get_num_threads()
@@ -256,37 +321,29 @@ def test_attention_core_cpu(bench, length):
             out = module(x, cu_seqlens, position_embeddings=(emb.cos(), emb.sin()))
         out.backward(dout)
 
-    def core(path):
+    def core(name):
         def run():
-            real = transformers_vision_core.path_for
-            transformers_vision_core.path_for = lambda device_type: path
-            try:
+            # The swapped forward with this core in the kernel's place (the product calls the fused one).
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(transformers_vision, "rope2d_attention", CORES[name])
                 with autocast():
                     out = swapped(module, x, cu_seqlens, **{transformers_vision.POSITIONS_KWARG: pos_hw})
                 out.backward(dout)
-            finally:
-                transformers_vision_core.path_for = real
         return run
 
-    # The cores alone (q, k, v given, in the dtype the module's qkv Linear hands them over): what path_for decides.
+    # The cores alone (q, k, v given, in the dtype the module's qkv Linear hands them over).
     qkv_dtype = torch.bfloat16 if BF16 else torch.float32
     q, k, v = (torch.randn(tokens, 16, D, dtype=qkv_dtype, requires_grad=True) for _ in range(3))
     dout_THD = torch.randn(tokens, 16, D, dtype=qkv_dtype)
 
-    def core_only(path):
+    def core_only(name):
         def run():
-            real = transformers_vision_core.path_for
-            transformers_vision_core.path_for = lambda device_type: path
-            try:
-                transformers_vision_core.packed_rope2d_attention(
-                    q, k, v, cu_seqlens, pos_hw, theta=10000.0, scale=D ** -0.5).backward(dout_THD)
-            finally:
-                transformers_vision_core.path_for = real
+            CORES[name](q, k, v, cu_seqlens, pos_hw, theta=10000.0, scale=D ** -0.5).backward(dout_THD)
             q.grad = k.grad = v.grad = None
         return run
 
-    paths = {"stock": stock, **{p: core(p) for p in transformers_vision_core.ATTENTION_PATHS},
-             **{f"{p}_core": core_only(p) for p in transformers_vision_core.ATTENTION_PATHS}}
+    paths = {"stock": stock, **{name: core(name) for name in CORES},
+             **{f"{name}_core": core_only(name) for name in CORES}}
     times = {name: [] for name in paths}
     cpu_times = {name: [] for name in paths}
     try:
@@ -306,10 +363,10 @@ def test_attention_core_cpu(bench, length):
     bench.extra_info.update(
         tokens=tokens, segment_length=length, heads=16, head_dim=D, threads=_threads(bench), rounds=rounds,
         dtype="bf16 autocast" if BF16 else "fp32", **{f"{name}_cpu_ms": round(1e3 * v, 1) for name, v in cpu.items()},
-        **{f"speedup_{p}_cpu": round(cpu["stock"] / cpu[p], 3) for p in transformers_vision_core.ATTENTION_PATHS},
+        **{f"speedup_{name}_cpu": round(cpu["stock"] / cpu[name], 3) for name in CORES},
         **{f"{name}_ms": round(1e3 * v, 1) for name, v in median.items()},
-        **{f"speedup_{p}": round(median["stock"] / median[p], 3) for p in transformers_vision_core.ATTENTION_PATHS},
+        **{f"speedup_{name}": round(median["stock"] / median[name], 3) for name in CORES},
         fused_core_over_rope_then_sdpa_core_cpu=round(cpu["rope_then_sdpa_core"] / cpu["fused_core"], 3),
-        default_path=transformers_vision_core.path_for("cpu"), load_average=os.getloadavg()[0],
+        default_path="fused", load_average=os.getloadavg()[0],  # default_path: what apply_vl3fast runs
     )
-    bench.pedantic(paths[transformers_vision_core.path_for("cpu")], rounds=1, iterations=1)
+    bench.pedantic(paths["fused"], rounds=1, iterations=1)

@@ -13,3 +13,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls of vl3fast's attention kernel made by the swapped vision attention (a swap that silently
+    fell back to transformers' path would make none)."""
+    from vl3fast.integrations import transformers_vision
+
+    calls = []
+    real = transformers_vision.rope2d_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers_vision, "rope2d_attention", counting)
+    return calls

@@ -12,8 +12,10 @@ replaces, per instance, two things:
   Qwen2.5-VL's `window_index` / `cu_window_seqlens`, computed by transformers' own helper);
 - each attention module gets an instance-level `forward` that projects q, k, v with the module's own
   Linear layers and runs 2D-RoPE attention over the packed sequence with vl3fast's RoPE
-  (`transformers_vision_core.packed_rope2d_attention`: RoPE fused into vl3fast's varlen attention kernel,
-  one call for all segments: no Python rotary, no per-segment loop, no copies),
+  (`vl3fast.ops.rope2d_attention`: RoPE fused into vl3fast's varlen attention kernel, one call for all
+  segments on every device: no Python rotary, no per-segment loop, no copies; on CPU it beats vl3fast's RoPE
+  op + one torch SDPA per run of equal-length segments in bf16 and ties it in fp32: benchmarks/test_swapin.py
+  and benchmarks/results/README.md, "Swap-in"),
   for the full-attention and the windowed layers alike (the tower passes each layer its own cu_seqlens).
 
 Why a keyword argument and not state shared between the hook and the layers: these towers forward unknown
@@ -33,10 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops import rope2d_position_ids
+from ..ops import rope2d_attention, rope2d_position_ids
 from ..ops.attention import ATTENTION_DTYPES, ATTENTION_HEAD_DIMS
 from ..reference.rope import rope2d_inv_freq
-from .transformers_vision_core import packed_rope2d_attention
 
 __all__ = ["VisionTower", "VISION_TOWERS", "swap_vision_attention", "restore_vision_attention"]
 
@@ -116,8 +117,8 @@ def _positions_hook(spec: VisionTower):
 
 
 def _kernel_covers(x: torch.Tensor, head_dim: int) -> bool:
-    """Whether vl3fast's ops take activations like `x` (else transformers' path runs).  Which implementation
-    then serves them is `transformers_vision_core.path_for` (and on CUDA, which kernel: ops.attention.kernel_for)."""
+    """Whether vl3fast's ops take activations like `x` (else transformers' path runs); on CUDA, which kernel
+    then serves them is ops.attention.kernel_for."""
     return x.device.type in ("cpu", "cuda") and x.dtype in ATTENTION_DTYPES and head_dim in ATTENTION_HEAD_DIMS
 
 
@@ -137,7 +138,7 @@ def _fused_forward(spec: VisionTower, theta: float):
             q, k, v = self.qkv(hidden_states).view(T, 3, H, D).unbind(1)  # strided views: the kernel takes them
         else:
             q, k, v = (proj(hidden_states).view(T, H, D) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out = packed_rope2d_attention(
+        out = rope2d_attention(
             q, k, v, cu_seqlens.to(torch.int32), pos_hw.to(q.device), theta=theta, scale=float(self.scaling),
             max_seqlen=max_seqlen if isinstance(max_seqlen, int) else None,
         ).reshape(T, H * D)
