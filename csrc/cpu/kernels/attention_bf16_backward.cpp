@@ -100,14 +100,24 @@ struct Bf16DotBackward {
                                                          row_or_zero(t, kLdS, i, n, j0, nk)));
   }
 
+  // The tiles of one 64-key block.
+  struct KeyTiles {
+    uint32_t* ktp;  // [Dp/2 x 64] words: K^T, head-dim pairs
+    uint32_t* vtp;  // [Dp/2 x 64] words: V^T, head-dim pairs
+    uint32_t* kpp;  // [32 x Dp] words: K, key pairs
+    float* dkt;     // [Dp x 64]: dK^T (unscaled); the two-pass dQ block [64 x Dp]
+    float* dvt;     // [Dp x 64]: dV^T
+  };
+
+  // Key blocks that share each loaded query block (attention_tiles.h): the fused item takes 128 keys per pass
+  // over the queries, so that rotating, rounding and pairing a query block's Q and dO rows (~20% of the time
+  // with one key block, by perf) is paid once per 128 keys.
+  static constexpr int kKeyBlocks = kAttnBf16BwdKeyBlocks;
+
   // One thread's tiles (attn_thread_floats: bwd_bf16).
   struct Tiles {
-    uint32_t* ktp;    // [Dp/2 x 64] words: K^T, head-dim pairs
-    uint32_t* vtp;    // [Dp/2 x 64] words: V^T, head-dim pairs
-    uint32_t* kpp;    // [32 x Dp] words: K, key pairs
+    KeyTiles key[kKeyBlocks];
     uint32_t* krows;  // [64 x Dp/2] words: K rows (bf16), then V rows
-    float* dkt;       // [Dp x 64]: dK^T (unscaled); the two-pass dQ block [64 x Dp]
-    float* dvt;       // [Dp x 64]: dV^T
     uint32_t* qr;     // [64 x Dp/2] words: Q rows (bf16)
     uint32_t* dor;    // [64 x Dp/2] words: dO rows
     uint32_t* qpp;    // [32 x Dp] words: Q, query pairs
@@ -124,13 +134,16 @@ struct Bf16DotBackward {
   Tiles tiles(float* w) const {
     const int Dp = a.Dp, Dp2 = Dp / 2;
     Tiles t;
-    t.ktp = reinterpret_cast<uint32_t*>(w);
-    t.vtp = t.ktp + Dp2 * BK;
-    t.kpp = t.vtp + Dp2 * BK;
-    t.krows = t.kpp + BK / 2 * Dp;
-    t.dkt = reinterpret_cast<float*>(t.krows + BK * Dp2);
-    t.dvt = t.dkt + Dp * BK;
-    t.qr = reinterpret_cast<uint32_t*>(t.dvt + Dp * BK);
+    for (KeyTiles& kt : t.key) {
+      kt.ktp = reinterpret_cast<uint32_t*>(w);
+      kt.vtp = kt.ktp + Dp2 * BK;
+      kt.kpp = kt.vtp + Dp2 * BK;
+      kt.dkt = reinterpret_cast<float*>(kt.kpp + BK / 2 * Dp);
+      kt.dvt = kt.dkt + Dp * BK;
+      w = kt.dvt + Dp * BK;
+    }
+    t.krows = reinterpret_cast<uint32_t*>(w);
+    t.qr = t.krows + BK * Dp2;
     t.dor = t.qr + BQ * Dp2;
     t.qpp = t.dor + BQ * Dp2;
     t.dopp = t.qpp + BQ / 2 * Dp;
@@ -146,7 +159,7 @@ struct Bf16DotBackward {
 
   // The key block [k0, k0 + nk) of head h: K^T and V^T head-dim pairs, K key pairs (padded to Dp with zeros:
   // dQ's product is Dp columns wide).
-  void load_keys(const Tiles& t, int h, int64_t k0, int nk, int64_t end) const {
+  void load_keys(const Tiles& t, const KeyTiles& kt, int h, int64_t k0, int nk, int64_t end) const {
     const AttentionParams& p = a.p;
     const bf16* kx = static_cast<const bf16*>(p.k);
     const bf16* vx = static_cast<const bf16*>(p.v);
@@ -154,11 +167,11 @@ struct Bf16DotBackward {
     for (int j = 0; j < nk; ++j)
       rotated_row(kx, p.k_stride_token, p.k_stride_head, h, k0 + j, t.in, t.rot,
                   reinterpret_cast<uint16_t*>(t.krows + j * Dp2));
-    transpose_words(t.krows, Dp2, nk, D2, t.ktp, BK);
-    pair_rows(t.krows, nk, t.kpp);
+    transpose_words(t.krows, Dp2, nk, D2, kt.ktp, BK);
+    pair_rows(t.krows, nk, kt.kpp);
     for (int j = 0; j < nk; ++j)
       plain_row(vx, p.v_stride_token, p.v_stride_head, h, k0 + j, reinterpret_cast<uint16_t*>(t.krows + j * Dp2));
-    transpose_words(t.krows, Dp2, nk, D2, t.vtp, BK);
+    transpose_words(t.krows, Dp2, nk, D2, kt.vtp, BK);
     a.prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, end);
     a.prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, end);
   }
@@ -184,11 +197,11 @@ struct Bf16DotBackward {
 
   // P (in s) and dS (in dp) of the tile (queries q0.., keys of the loaded block) of a segment of len tokens:
   // S = Q K^T and dP = dO V^T, then Attention::softmax_grad on S * scale.
-  void tile_grads(const Tiles& t, int h, int64_t q0, int nq, int nk, int64_t len) const {
+  void tile_grads(const Tiles& t, const KeyTiles& kt, int h, int64_t q0, int nq, int nk, int64_t len) const {
     const AttentionParams& p = a.p;
     const int D2 = a.D / 2, Dp2 = a.Dp / 2, nk16 = round_up(nk, VW);
-    dot_gemm<BcastMode::kStore>(t.qr, Dp2, 1, t.ktp, BK, t.s, kLdS, nq, nk16, D2);   // S = Q K^T (unscaled)
-    dot_gemm<BcastMode::kStore>(t.dor, Dp2, 1, t.vtp, BK, t.dp, kLdS, nq, nk16, D2);  // dP = dO V^T
+    dot_gemm<BcastMode::kStore>(t.qr, Dp2, 1, kt.ktp, BK, t.s, kLdS, nq, nk16, D2);   // S = Q K^T (unscaled)
+    dot_gemm<BcastMode::kStore>(t.dor, Dp2, 1, kt.vtp, BK, t.dp, kLdS, nq, nk16, D2);  // dP = dO V^T
     const __m512 scale = _mm512_set1_ps(p.scale);
     for (int i = 0; i < nq; ++i)
       for (int j = 0; j < nk16; j += 16)
@@ -197,33 +210,33 @@ struct Bf16DotBackward {
   }
 
   // dV^T += dO^T P and dK^T += Q^T dS over the tile's query pairs.
-  void add_key_grads(const Tiles& t, int nq, int nk) const {
+  void add_key_grads(const Tiles& t, const KeyTiles& kt, int nq, int nk) const {
     const int D = a.D, Dp = a.Dp, nq2 = (nq + 1) / 2, nk16 = round_up(nk, VW);
     pack_row_pairs(t.s, nq, nk, t.pq);
     pack_row_pairs(t.dp, nq, nk, t.dsq);
-    dot_gemm<BcastMode::kAdd>(t.dopp, 1, Dp, t.pq, kLdS, t.dvt, BK, D, nk16, nq2);
-    dot_gemm<BcastMode::kAdd>(t.qpp, 1, Dp, t.dsq, kLdS, t.dkt, BK, D, nk16, nq2);
+    dot_gemm<BcastMode::kAdd>(t.dopp, 1, Dp, t.pq, kLdS, kt.dvt, BK, D, nk16, nq2);
+    dot_gemm<BcastMode::kAdd>(t.qpp, 1, Dp, t.dsq, kLdS, kt.dkt, BK, D, nk16, nq2);
   }
 
   // dq[nq x Dp] += dS K over the tile's key pairs.
-  void add_query_grads(const Tiles& t, int nq, int nk, float* dq) const {
+  void add_query_grads(const Tiles& t, const KeyTiles& kt, int nq, int nk, float* dq) const {
     round_rows(t.dp, nq, nk, t.dsr);
-    dot_gemm<BcastMode::kAdd>(t.dsr, kLdS / 2, 1, t.kpp, a.Dp, dq, a.Dp, nq, a.Dp, (nk + 1) / 2);
+    dot_gemm<BcastMode::kAdd>(t.dsr, kLdS / 2, 1, kt.kpp, a.Dp, dq, a.Dp, nq, a.Dp, (nk + 1) / 2);
   }
 
   // dK (times the scale) and dV of the key block from dK^T and dV^T, rotated back.
-  void write_key_grads(const Tiles& t, int h, int64_t k0, int nk) const {
+  void write_key_grads(const Tiles& t, const KeyTiles& kt, int h, int64_t k0, int nk) const {
     const AttentionParams& p = a.p;
     bf16* dkx = static_cast<bf16*>(p.dk);
     bf16* dvx = static_cast<bf16*>(p.dv);
     for (int j = 0; j < nk; ++j) {
       bf16* dkr = dkx + (k0 + j) * p.dk_stride_token + h * p.dk_stride_head;
       bf16* dvr = dvx + (k0 + j) * p.dv_stride_token + h * p.dv_stride_head;
-      for (int d = 0; d < a.D; ++d) t.in[d] = t.dkt[d * BK + j];
+      for (int d = 0; d < a.D; ++d) t.in[d] = kt.dkt[d * BK + j];
       a.rotate_row(t.in, k0 + j, -1.0f, p.scale, t.rot);
       for (int d = 0; d < a.D; ++d) {
         dkr[d] = from_float<bf16>(t.rot[d]);
-        dvr[d] = from_float<bf16>(t.dvt[d * BK + j]);
+        dvr[d] = from_float<bf16>(kt.dvt[d * BK + j]);
       }
     }
   }
@@ -239,19 +252,28 @@ struct Bf16DotBackward {
     }
   }
 
-  // dK and dV of one key block; with dqa (the fused item) also dQ += dS K into dqa [len x Dp].
-  void key_block(const Tiles& t, int h, int64_t start, int64_t len, int64_t k0, int nk, float* dqa) const {
-    load_keys(t, h, k0, nk, start + len);
-    std::memset(t.dkt, 0, sizeof(float) * a.D * BK);
-    std::memset(t.dvt, 0, sizeof(float) * a.D * BK);
-    for (int64_t q0 = start; q0 < start + len; q0 += BQ) {
-      const int nq = static_cast<int>(start + len - q0 < BQ ? start + len - q0 : BQ);
-      load_queries(t, h, q0, nq, start + len, true);
-      tile_grads(t, h, q0, nq, nk, len);
-      add_key_grads(t, nq, nk);
-      if (dqa != nullptr) add_query_grads(t, nq, nk, dqa + (q0 - start) * a.Dp);
+  // dK and dV of `blocks` (<= kKeyBlocks) consecutive key blocks from k0; with dqa (the fused item) also
+  // dQ += dS K into dqa [len x Dp].
+  void key_blocks(const Tiles& t, int h, int64_t start, int64_t len, int64_t k0, int blocks, float* dqa) const {
+    const int64_t end = start + len;
+    int nk[kKeyBlocks];
+    for (int b = 0; b < blocks; ++b) {
+      const int64_t kb = k0 + b * BK;
+      nk[b] = static_cast<int>(end - kb < BK ? end - kb : BK);
+      load_keys(t, t.key[b], h, kb, nk[b], end);
+      std::memset(t.key[b].dkt, 0, sizeof(float) * a.D * BK);
+      std::memset(t.key[b].dvt, 0, sizeof(float) * a.D * BK);
     }
-    write_key_grads(t, h, k0, nk);
+    for (int64_t q0 = start; q0 < end; q0 += BQ) {
+      const int nq = static_cast<int>(end - q0 < BQ ? end - q0 : BQ);
+      load_queries(t, h, q0, nq, end, true);
+      for (int b = 0; b < blocks; ++b) {
+        tile_grads(t, t.key[b], h, q0, nq, nk[b], len);
+        add_key_grads(t, t.key[b], nq, nk[b]);
+        if (dqa != nullptr) add_query_grads(t, t.key[b], nq, nk[b], dqa + (q0 - start) * a.Dp);
+      }
+    }
+    for (int b = 0; b < blocks; ++b) write_key_grads(t, t.key[b], h, k0 + b * BK, nk[b]);
   }
 
   // Fused: one (segment, head) item, FlashAttention-2's loop (dQ accumulating in dq_accum).
@@ -264,8 +286,10 @@ struct Bf16DotBackward {
     const Tiles t = tiles(w);
     float* dqa = a.dq_accum + (static_cast<int64_t>(h) * a.NT + start) * a.Dp;  // [len x Dp]
     std::memset(dqa, 0, sizeof(float) * len * a.Dp);
-    for (int64_t k0 = start; k0 < start + len; k0 += BK)
-      key_block(t, h, start, len, k0, static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK), dqa);
+    for (int64_t k0 = start; k0 < start + len; k0 += kKeyBlocks * BK) {
+      const int64_t left_blocks = (start + len - k0 + BK - 1) / BK;
+      key_blocks(t, h, start, len, k0, static_cast<int>(left_blocks < kKeyBlocks ? left_blocks : kKeyBlocks), dqa);
+    }
     write_query_grads(t, h, start, len, dqa);
   }
 
@@ -273,7 +297,7 @@ struct Bf16DotBackward {
   void kv_item(int64_t item, float* w) const {
     const auto rows = a.item_rows(item, BK);
     if (rows.seg_len <= a.kTinySegment) return a.backward_tiny_segment(rows, w);
-    key_block(tiles(w), rows.head, rows.seg_start, rows.seg_len, rows.first, rows.count, nullptr);
+    key_blocks(tiles(w), rows.head, rows.seg_start, rows.seg_len, rows.first, 1, nullptr);
   }
 
   // Two-pass, pass 2: one (segment, head, 64-query block): dQ = sum over the key blocks of dS K.
@@ -283,14 +307,14 @@ struct Bf16DotBackward {
     const Tiles t = tiles(w);
     const int h = rows.head, nq = rows.count;
     const int64_t start = rows.seg_start, len = rows.seg_len, q0 = rows.first;
-    float* dq = t.dkt;  // [64 x Dp]
+    float* dq = t.key[0].dkt;  // [64 x Dp]
     std::memset(dq, 0, sizeof(float) * nq * a.Dp);
     load_queries(t, h, q0, nq, start + len, false);
     for (int64_t k0 = start; k0 < start + len; k0 += BK) {
       const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
-      load_keys(t, h, k0, nk, start + len);
-      tile_grads(t, h, q0, nq, nk, len);
-      add_query_grads(t, nq, nk, dq);
+      load_keys(t, t.key[0], h, k0, nk, start + len);
+      tile_grads(t, t.key[0], h, q0, nq, nk, len);
+      add_query_grads(t, t.key[0], nq, nk, dq);
     }
     write_query_grads(t, h, q0, nq, dq);
   }
