@@ -4,13 +4,14 @@
 // queries along the vector lanes), then for each 64-key tile of the segment rotate K, S^T = K Q^T, online
 // softmax down the columns (running max m and sum l per query), O^T += V^T P^T.  Writes out = O / l and
 // lse = m + log(l).  Memory is
-// O(T*D) for the cos/sin table plus per-thread tiles: never O(L^2).
+// O(T*D) for the cos/sin table, O(T*H*D) for the K and V rows of long segments (below), plus per-thread
+// tiles: never O(L^2).
 //
 // RoPE: cos/sin of every token's D/2 angles are computed once per call from pos_hw and inv_freq (fp32
 // angles, as transformers) into the workspace and shared by all heads; q and k are rotated in fp32 as
-// their tiles are loaded (no rotated copy of q or k exists beyond one thread's tiles).  A K tile is
-// re-rotated for each 256-query work item that reads it: D multiply-adds per key against 2 * 256 * D
-// for the two products it feeds.
+// their tiles are loaded.  The forward rotates the K of a segment longer than one 256-query block once per
+// call, into fp32 rows per head beside V's (pack_kv_rows; attention_tiles.h says why), which all of the
+// segment's work items read; a shorter segment's K and V tiles are loaded by its one work item per head.
 //
 // Backward recomputes P = exp(S - lse) per tile, with no L x L storage, in two passes so that every
 // work item owns the rows it writes (deterministic, no atomics):
@@ -75,6 +76,8 @@ struct Attention {
   const float* cos_sin;    // [T, D]
   float* delta;            // [H, T]
   float* dq_accum;         // [H, T, Dp] (fused backward)
+  float* k_rows;           // [H, T, Dp]: K rotated, rows of long segments (forward; attention_tiles.h)
+  float* v_rows;           // [H, T, Dp]: V
   char* thread_base;
   int64_t thread_bytes;
 
@@ -88,6 +91,8 @@ struct Attention {
     cos_sin = reinterpret_cast<float*>(base + w.cos_sin);
     delta = reinterpret_cast<float*>(base + w.delta);
     dq_accum = reinterpret_cast<float*>(base + w.dq_accum);
+    k_rows = reinterpret_cast<float*>(base + w.kv_rows);
+    v_rows = k_rows + static_cast<int64_t>(H) * NT * Dp;
     thread_base = base + w.per_thread;
     thread_bytes = w.thread_bytes;
   }
@@ -243,9 +248,11 @@ struct Attention {
 
     float* qt = w;                // [D x 256]: Q^T
     float* ot = qt + D * BQF;     // [D x 256]: O^T
-    float* kr = ot + D * BQF;     // [64 x Dp]: rotated K rows
-    float* vr = kr + BK * Dp;     // [64 x Dp]: V rows
-    float* st = vr + BK * Dp;     // [64 x 256]: S^T, then P^T in place
+    float* const k_tile = ot + D * BQF;   // [64 x Dp]: rotated K rows (a segment of <= 256 tokens)
+    float* const v_tile = k_tile + BK * Dp;  // [64 x Dp]: V rows
+    float* kr = k_tile;           // the K rows of the key tile: k_tile or k_rows
+    float* vr = v_tile;           // the V rows: v_tile or v_rows
+    float* st = v_tile + BK * Dp; // [64 x 256]: S^T, then P^T in place
     float* m = st + BK * BQF;     // [256]: running max, log2 units
     float* l = m + BQF;           // [256]: running sum
     float* cm = l + BQF;          // [256]: the tile's column max, then exp(m_old - m_new)
@@ -266,13 +273,19 @@ struct Attention {
     }
 
     const vnat log2e = vnat{} + 1.44269504088896341f;
+    const bool packed = len > BQF;  // K and V rows in k_rows / v_rows (pack_kv_rows)
     for (int64_t k0 = start; k0 < start + len; k0 += BK) {
       const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
       const bool first = k0 == start;
-      load_tile(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, nk, true, 1.0f, kr, tmp);
-      load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vr, tmp);
-      prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
-      prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
+      if (packed) {
+        kr = k_rows + (static_cast<int64_t>(h) * NT + k0) * Dp;
+        vr = v_rows + (static_cast<int64_t>(h) * NT + k0) * Dp;
+      } else {
+        load_tile(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, nk, true, 1.0f, kr, tmp);
+        load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vr, tmp);
+        prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
+        prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
+      }
 
       for (int i = 0; i < nq16; i += kLanes) vstore(cm + i, vnat{} - INFINITY);
       bcast_gemm<BcastMode::kStoreColMax>(kr, Dp, 1, qt, BQF, st, BQF, nk, nq16, D, cm, kHeadDimChunk);
@@ -308,11 +321,37 @@ struct Attention {
     }
   }
 
+  // The rows [t0, t0 + 64) of every segment longer than BQF into k_rows (rotated) and v_rows, all heads: one
+  // work unit reads 64 whole token rows (every head's values, contiguous for the usual [T, H, D] layout).
+  void pack_kv_rows(int64_t t0, float* tmp) const {
+    const int64_t t1 = t0 + BK < NT ? t0 + BK : NT;
+    for (int64_t seg = last_row_at_most(p.cu_seqlens, p.num_segments, 1, 0, t0); seg < p.num_segments; ++seg) {
+      const int64_t s0 = p.cu_seqlens[seg], s1 = p.cu_seqlens[seg + 1];
+      if (s0 >= t1) break;
+      const int64_t a = s0 > t0 ? s0 : t0, b = s1 < t1 ? s1 : t1;
+      if (s1 - s0 <= BQF || a >= b) continue;
+      for (int h = 0; h < H; ++h) {
+        const int64_t row = (static_cast<int64_t>(h) * NT + a) * Dp;
+        const int n = static_cast<int>(b - a);
+        load_tile(static_cast<const T*>(p.k), p.k_stride_token, p.k_stride_head, h, a, n, n, true, 1.0f, k_rows + row,
+                  tmp);
+        load_tile(static_cast<const T*>(p.v), p.v_stride_token, p.v_stride_head, h, a, n, n, false, 1.0f,
+                  v_rows + row, tmp);
+      }
+    }
+  }
+
   void forward() const {
     const int64_t items = prepare(BQF);
+    bool any_long = false;
+    for (int64_t s = 0; s < p.num_segments && !any_long; ++s) any_long = p.cu_seqlens[s + 1] - p.cu_seqlens[s] > BQF;
 #pragma omp parallel num_threads(p.num_threads)
     {
       float* w = thread_tiles(omp_get_thread_num());
+      if (any_long) {
+#pragma omp for schedule(static)
+        for (int64_t t0 = 0; t0 < NT; t0 += BK) pack_kv_rows(t0, w);
+      }  // (the loop's barrier: every row is packed before any item reads it)
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) forward_item(item, w);
     }

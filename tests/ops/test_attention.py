@@ -123,10 +123,11 @@ def test_real_grid_positions(merge_size, dtype):
 
 
 def test_fused_qkv_projection_views():
-    """q, k, v as strided views of one [T, 3, H, D] projection: same results as contiguous copies."""
+    """q, k, v as strided views of one [T, 3, H, D] projection: same results as contiguous copies (a segment
+    longer than one 256-query block, whose K and V rows the forward packs first, and a short one)."""
     gen = torch.Generator().manual_seed(3)
-    T, H, D = 150, 3, 72
-    pos, cu = rope2d_position_ids([[1, 10, 10], [1, 5, 10]], [2, 1])
+    T, H, D = 450, 3, 72
+    pos, cu = rope2d_position_ids([[1, 20, 20], [1, 5, 10]], [2, 1])
     x = torch.randn(T, 40, generator=gen)
     w = torch.randn(3 * H * D, 40, generator=gen) / 7
     qkv = (x @ w.t()).view(T, 3, H, D)
