@@ -9,9 +9,9 @@
 //
 // RoPE: cos/sin of every token's D/2 angles are computed once per call from pos_hw and inv_freq (fp32
 // angles, as transformers) into the workspace and shared by all heads; q and k are rotated in fp32 as
-// their tiles are loaded.  The forward rotates the K of a segment longer than one 256-query block once per
-// call, into fp32 rows per head beside V's (pack_kv_rows; attention_tiles.h says why), which all of the
-// segment's work items read; a shorter segment's K and V tiles are loaded by its one work item per head.
+// their tiles are loaded.  The forward rotates the K of a long segment (kAttnPackKvMinLen) once per
+// call, into fp32 rows per head beside V's (pack_kv_rows; attention_tiles.h says why and from which length),
+// which all of the segment's work items read; a shorter segment's K and V tiles are loaded by each work item.
 //
 // Backward recomputes P = exp(S - lse) per tile, with no L x L storage, in two passes so that every
 // work item owns the rows it writes (deterministic, no atomics):
@@ -273,7 +273,7 @@ struct Attention {
     }
 
     const vnat log2e = vnat{} + 1.44269504088896341f;
-    const bool packed = len > BQF;  // K and V rows in k_rows / v_rows (pack_kv_rows)
+    const bool packed = len > kAttnPackKvMinLen;  // K and V rows in k_rows / v_rows (pack_kv_rows)
     for (int64_t k0 = start; k0 < start + len; k0 += BK) {
       const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
       const bool first = k0 == start;
@@ -321,7 +321,8 @@ struct Attention {
     }
   }
 
-  // The rows [t0, t0 + 64) of every segment longer than BQF into k_rows (rotated) and v_rows, all heads: one
+  // The rows [t0, t0 + 64) of every segment longer than kAttnPackKvMinLen into k_rows (rotated) and v_rows, all
+  // heads: one
   // work unit reads 64 whole token rows (every head's values, contiguous for the usual [T, H, D] layout).
   void pack_kv_rows(int64_t t0, float* tmp) const {
     const int64_t t1 = t0 + BK < NT ? t0 + BK : NT;
@@ -329,7 +330,7 @@ struct Attention {
       const int64_t s0 = p.cu_seqlens[seg], s1 = p.cu_seqlens[seg + 1];
       if (s0 >= t1) break;
       const int64_t a = s0 > t0 ? s0 : t0, b = s1 < t1 ? s1 : t1;
-      if (s1 - s0 <= BQF || a >= b) continue;
+      if (s1 - s0 <= kAttnPackKvMinLen || a >= b) continue;
       for (int h = 0; h < H; ++h) {
         const int64_t row = (static_cast<int64_t>(h) * NT + a) * Dp;
         const int n = static_cast<int>(b - a);
@@ -344,7 +345,8 @@ struct Attention {
   void forward() const {
     const int64_t items = prepare(BQF);
     bool any_long = false;
-    for (int64_t s = 0; s < p.num_segments && !any_long; ++s) any_long = p.cu_seqlens[s + 1] - p.cu_seqlens[s] > BQF;
+    for (int64_t s = 0; s < p.num_segments && !any_long; ++s)
+      any_long = p.cu_seqlens[s + 1] - p.cu_seqlens[s] > kAttnPackKvMinLen;
 #pragma omp parallel num_threads(p.num_threads)
     {
       float* w = thread_tiles(omp_get_thread_num());

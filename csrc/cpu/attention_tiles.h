@@ -60,12 +60,16 @@ VL3FAST_HD bool attn_backward_fused(int64_t num_segments, int num_heads, int num
 }
 VL3FAST_HD int attn_padded_dim(int head_dim) { return (head_dim + kAttnVec - 1) / kAttnVec * kAttnVec; }
 
-// The fp32-tile forward reads the K and V rows of a segment longer than one query block (kAttnFwdBlockQ) from
-// kv_rows, filled once per call (K rotated), instead of loading and rotating each 64-key tile again for every
-// 256 queries: per head, contiguous rows of Dp floats instead of rows a token stride (H * D values, another 4 KiB
-// page per row at H = 16) apart.  Measured on image896 fp32 (one 4096-token segment; AMD EPYC Zen 4, one core):
-// the per-tile loads took ~20% of the forward.  The rows of shorter segments (one work item per head, no reuse)
-// are never written: the pages of the region stay untouched.
+// The fp32-tile forward reads the K and V rows of a segment longer than kAttnPackKvMinLen tokens from kv_rows,
+// filled once per call (K rotated), instead of loading and rotating each 64-key tile again for every 256
+// queries: per head, contiguous rows of Dp floats instead of rows a token stride (H * D values, another 4 KiB
+// page per row at H = 16) apart.  Measured (fp32 forward, H = 16, D = 72, one core of an AMD EPYC Zen 4 with
+// 1 MiB of L2, thread-CPU time; /tmp scripts, numbers in benchmarks/results/README.md): one 4096-token segment
+// 64-66 -> 82-86 GFLOP/s, 4 x 2048 +10-15%, 5 x 1536 and 8 x 1024 -0.5% to +9% (noise), 16 x 512 -6%: a
+// segment whose K and V rows of one head fit in L2 (2 x L x D x 4 bytes) keeps them there between its work
+// items, and the packed rows cost a write and fresh pages (the workspace is new memory on every call).
+// The rows of shorter segments are never written: those pages stay untouched.
+constexpr int kAttnPackKvMinLen = 4 * kAttnFwdBlockQ;
 //
 // Floats of one thread's tiles.  Forward: Q^T and O^T (D x 256, sized Dp x 256), K and V (64 x Dp), S^T
 // (64 x 256), m, l and the tile's column max (256), two padded rows.  Backward: 7 tiles of 64 x Dp (K^T, V^T,
