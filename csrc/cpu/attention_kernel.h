@@ -762,5 +762,9 @@ struct Attention {
 // products (vdpbf16ps) with fp32 accumulation.  Instantiated for the fast head dims and 0 (runtime).
 template <int kD>
 void forward_bf16_dot(const AttentionParams& p);
+// The backward for bf16 inputs on AVX512-BF16 (kernels/attention_bf16_backward.cpp): the fused and the two-pass
+// backward's products as bf16 dot products (vdpbf16ps) with fp32 accumulation.
+template <int kD>
+void backward_bf16_dot(const AttentionParams& p);
 
 }  // namespace vl3fast::cpu::VL3FAST_ISA_NS

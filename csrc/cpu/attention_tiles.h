@@ -87,8 +87,15 @@ VL3FAST_HD int64_t attn_thread_floats(int head_dim) {
   // (2 x 32 x Dp words), m, l and the column max (256), two fp32 rows and one bf16 row.
   const int64_t fwd_bf16 = (dp / 2 + dp + kAttnBlockK + kAttnBlockK / 2) * kAttnBf16LdQ + kAttnBlockK * dp +
                            3 * kAttnFwdBlockQ + 2 * dp + dp / 2;
+  // bf16 dot-product backward (kernels/attention_bf16_backward.cpp): K^T and V^T head-dim pairs (2 x Dp/2 x 64
+  // words), K key pairs (32 x Dp words), K rows (64 x Dp/2 words), dK^T and dV^T (2 x Dp x 64), Q and dO rows
+  // (2 x 64 x Dp/2 words) and query pairs (2 x 32 x Dp words), S and dP (2 x 64 x 64), P and dS query pairs and
+  // dS rows (3 x 32 x 64 words), two fp32 rows.
+  const int64_t bwd_bf16 = 4 * dp * kAttnBlockK + 2 * dp * kAttnBlockQ + 2 * kAttnBlockQ * kAttnBlockK +
+                           3 * kAttnBlockQ / 2 * kAttnBlockK + 2 * dp;
   const int64_t most = fwd > bwd ? fwd : bwd;
-  return most > fwd_bf16 ? most : fwd_bf16;
+  const int64_t most_bf16 = fwd_bf16 > bwd_bf16 ? fwd_bf16 : bwd_bf16;
+  return most > most_bf16 ? most : most_bf16;
 }
 
 VL3FAST_HD AttentionWorkspaceLayout attention_workspace_layout(int64_t num_tokens, int64_t num_segments, int num_heads,

@@ -41,7 +41,7 @@ const std::vector<IsaEntry>& entries() {
 #endif
 #if defined(VL3FAST_HAVE_ISA_AVX512BF16)
       {"avx512bf16", &has_avx512bf16, &avx512bf16::kernel_table,
-       "vdpbf16ps (AVX512-BF16 dot products, fp32 accumulation; forward)"},
+       "vdpbf16ps (AVX512-BF16 dot products, fp32 accumulation; forward and backward)"},
 #endif
   };
   return list;

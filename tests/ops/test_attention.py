@@ -93,6 +93,20 @@ def test_one_long_segment_among_many_tiny(dtype):
     assert_matches_reference(*_packed(lengths, 2, 72, dtype))
 
 
+@pytest.mark.parametrize("schedule", ["fused", "two_pass"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_backward_schedules(dtype, schedule):
+    """Both schedules of the backward (attn_backward_fused, csrc/cpu/attention_tiles.h) meet the rule: at least
+    4 (segment, head) items per thread run fused, fewer run in two passes over 64-row blocks (on avx512bf16 both
+    are bf16 dot-product kernels, kernels/attention_bf16_backward.cpp)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # 2 segments: 8 heads -> 16 items (fused), 1 head -> 2 items (two passes)
+        assert_matches_reference(*_packed([300, 65], 8 if schedule == "fused" else 1, 72, dtype))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_empty_segments_and_custom_scale_theta():
     q, k, v, _, pos = _packed([5, 9, 3], 2, 64, torch.float32)
     cu = torch.tensor([0, 0, 5, 5, 14, 17, 17], dtype=torch.int32)

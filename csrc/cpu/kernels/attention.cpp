@@ -1,6 +1,7 @@
 // Packed 2D-RoPE attention entry points: the head-dim fast paths and the dtype x ISA choice of kernel.
-// The kernel is csrc/cpu/attention_kernel.h (fp32 tiles, any dtype); bf16 forwards run the bf16
-// dot-product kernel (kernels/attention_bf16.cpp) in ISA builds that have AVX512-BF16.
+// The kernel is csrc/cpu/attention_kernel.h (fp32 tiles, any dtype); bf16 runs the bf16 dot-product kernels
+// (kernels/attention_bf16.cpp forward, kernels/attention_bf16_backward.cpp backward) in ISA builds that have
+// AVX512-BF16.
 #include <type_traits>
 
 #include "../attention_kernel.h"
@@ -12,7 +13,7 @@ template <typename T, int kD>
 void run_kernel(const AttentionParams& p, bool backward) {
 #if defined(__AVX512BF16__)
   if constexpr (std::is_same_v<T, bf16>) {
-    if (!backward) return forward_bf16_dot<kD>(p);
+    return backward ? backward_bf16_dot<kD>(p) : forward_bf16_dot<kD>(p);
   }
 #endif
   const Attention<T, kD> kernel(p, backward);
