@@ -383,6 +383,13 @@ struct Attention {
     }
   }
 
+  // s[j] = exp(s[j] - shift) for j < n: whole vectors, then the scalar function for the last n % kLanes.
+  static void exp_row(float* s, float shift, int n) {
+    int j = 0;
+    for (; j + kLanes <= n; j += kLanes) vstore(s + j, vexp_nonpositive_precise(vload(s + j) - shift));
+    for (; j < n; ++j) s[j] = exp_nonpositive_precise(s[j] - shift);
+  }
+
   // P and dS = P * (dP - delta) for rows < nq, columns < nk; P overwrites S, dS overwrites dP.
   //
   // A tile that holds every key of its rows (`whole_rows`: a segment of <= 64 tokens) recomputes the
@@ -404,8 +411,7 @@ struct Attention {
       if (whole_rows) {
         float mx = si[0];
         for (int j = 1; j < nk; ++j) mx = si[j] > mx ? si[j] : mx;
-#pragma omp simd
-        for (int j = 0; j < nk; ++j) si[j] = exp_nonpositive_precise(si[j] - mx);
+        exp_row(si, mx, nk);
         for (int j = nk; j < nk16; ++j) si[j] = dpi[j] = 0.0f;
         vnat sum = vnat{};
         for (int j = 0; j < nk16; j += kLanes) sum += vload(si + j);
@@ -418,9 +424,7 @@ struct Attention {
         }
         di = hsum(acc);
       } else {
-        const float li = lse_i[i];
-#pragma omp simd
-        for (int j = 0; j < nk; ++j) si[j] = exp_nonpositive_precise(si[j] - li);
+        exp_row(si, lse_i[i], nk);
       }
 #pragma omp simd
       for (int j = 0; j < nk; ++j) dpi[j] = si[j] * (dpi[j] - di);

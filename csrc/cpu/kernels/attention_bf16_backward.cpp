@@ -35,6 +35,22 @@ static inline __m512 row_or_zero(const float* rows, int ld, int i, int n, int j0
   return _mm512_maskz_loadu_ps(keep, rows + i * ld + j0);
 }
 
+// dst[c * ldd + j] = rows[j * ld + c] (32-bit words) for c < cols, j < round_up(n, 16); rows j >= n read as 0.
+// 16 x 16 blocks transposed in registers (transpose16).
+static void transpose_words(const uint32_t* rows, int ld, int n, int cols, uint32_t* dst, int ldd) {
+  for (int j0 = 0; j0 < n; j0 += 16)
+    for (int c0 = 0; c0 < cols; c0 += 16) {
+      const int nc = cols - c0 < 16 ? cols - c0 : 16;
+      const __mmask16 mask = nc == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nc) - 1);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = j0 + i < n ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(mask, rows + (j0 + i) * ld + c0))
+                          : _mm512_setzero_ps();
+      transpose16(r);
+      for (int i = 0; i < nc; ++i) _mm512_storeu_ps(reinterpret_cast<float*>(dst + (c0 + i) * ldd + j0), r[i]);
+    }
+}
+
 template <int kD>
 struct Bf16DotBackward {
   const Attention<bf16, kD> a;  // tables, delta, dq_accum, row loading, rotation, softmax_grad, the fp64 path
@@ -134,17 +150,15 @@ struct Bf16DotBackward {
     const AttentionParams& p = a.p;
     const bf16* kx = static_cast<const bf16*>(p.k);
     const bf16* vx = static_cast<const bf16*>(p.v);
-    const int D2 = a.D / 2, Dp2 = a.Dp / 2, nk16 = round_up(nk, VW);
+    const int D2 = a.D / 2, Dp2 = a.Dp / 2;
     for (int j = 0; j < nk; ++j)
       rotated_row(kx, p.k_stride_token, p.k_stride_head, h, k0 + j, t.in, t.rot,
                   reinterpret_cast<uint16_t*>(t.krows + j * Dp2));
-    for (int c = 0; c < D2; ++c)
-      for (int j = 0; j < nk16; ++j) t.ktp[c * BK + j] = j < nk ? t.krows[j * Dp2 + c] : 0u;
+    transpose_words(t.krows, Dp2, nk, D2, t.ktp, BK);
     pair_rows(t.krows, nk, t.kpp);
     for (int j = 0; j < nk; ++j)
       plain_row(vx, p.v_stride_token, p.v_stride_head, h, k0 + j, reinterpret_cast<uint16_t*>(t.krows + j * Dp2));
-    for (int c = 0; c < D2; ++c)
-      for (int j = 0; j < nk16; ++j) t.vtp[c * BK + j] = j < nk ? t.krows[j * Dp2 + c] : 0u;
+    transpose_words(t.krows, Dp2, nk, D2, t.vtp, BK);
     a.prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, end);
     a.prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, end);
   }
