@@ -4,13 +4,14 @@
 // queries along the vector lanes), then for each 64-key tile of the segment rotate K, S^T = K Q^T, online
 // softmax down the columns (running max m and sum l per query), O^T += V^T P^T.  Writes out = O / l and
 // lse = m + log(l).  Memory is
-// O(T*D) for the cos/sin table plus per-thread tiles: never O(L^2).
+// O(T*D) for the cos/sin table, O(T*H*D) for the K and V rows of long segments (below), plus per-thread
+// tiles: never O(L^2).
 //
 // RoPE: cos/sin of every token's D/2 angles are computed once per call from pos_hw and inv_freq (fp32
 // angles, as transformers) into the workspace and shared by all heads; q and k are rotated in fp32 as
-// their tiles are loaded (no rotated copy of q or k exists beyond one thread's tiles).  A K tile is
-// re-rotated for each 256-query work item that reads it: D multiply-adds per key against 2 * 256 * D
-// for the two products it feeds.
+// their tiles are loaded.  The forward rotates the K of a long segment (kAttnPackKvMinLen) once per
+// call, into fp32 rows per head beside V's (pack_rows; attention_tiles.h says why and from which length),
+// which all of the segment's work items read; a shorter segment's K and V tiles are loaded by each work item.
 //
 // Backward recomputes P = exp(S - lse) per tile, with no L x L storage, in two passes so that every
 // work item owns the rows it writes (deterministic, no atomics):
@@ -75,6 +76,7 @@ struct Attention {
   const float* cos_sin;    // [T, D]
   float* delta;            // [H, T]
   float* dq_accum;         // [H, T, Dp] (fused backward)
+  float* packed_rows;      // [2, H, T, Dp]: rows of long segments (pack_rows; attention_tiles.h)
   char* thread_base;
   int64_t thread_bytes;
 
@@ -88,6 +90,7 @@ struct Attention {
     cos_sin = reinterpret_cast<float*>(base + w.cos_sin);
     delta = reinterpret_cast<float*>(base + w.delta);
     dq_accum = reinterpret_cast<float*>(base + w.dq_accum);
+    packed_rows = reinterpret_cast<float*>(base + w.packed_rows);
     thread_base = base + w.per_thread;
     thread_bytes = w.thread_bytes;
   }
@@ -243,9 +246,11 @@ struct Attention {
 
     float* qt = w;                // [D x 256]: Q^T
     float* ot = qt + D * BQF;     // [D x 256]: O^T
-    float* kr = ot + D * BQF;     // [64 x Dp]: rotated K rows
-    float* vr = kr + BK * Dp;     // [64 x Dp]: V rows
-    float* st = vr + BK * Dp;     // [64 x 256]: S^T, then P^T in place
+    float* const k_tile = ot + D * BQF;   // [64 x Dp]: rotated K rows (a segment of <= 256 tokens)
+    float* const v_tile = k_tile + BK * Dp;  // [64 x Dp]: V rows
+    float* kr = k_tile;           // the K rows of the key tile: k_tile or packed
+    float* vr = v_tile;           // the V rows: v_tile or packed
+    float* st = v_tile + BK * Dp; // [64 x 256]: S^T, then P^T in place
     float* m = st + BK * BQF;     // [256]: running max, log2 units
     float* l = m + BQF;           // [256]: running sum
     float* cm = l + BQF;          // [256]: the tile's column max, then exp(m_old - m_new)
@@ -266,13 +271,19 @@ struct Attention {
     }
 
     const vnat log2e = vnat{} + 1.44269504088896341f;
+    const bool is_packed = len > kAttnPackKvMinLen;  // K and V rows in packed_rows (pack_rows)
     for (int64_t k0 = start; k0 < start + len; k0 += BK) {
       const int nk = static_cast<int>(start + len - k0 < BK ? start + len - k0 : BK);
       const bool first = k0 == start;
-      load_tile(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, nk, true, 1.0f, kr, tmp);
-      load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vr, tmp);
-      prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
-      prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
+      if (is_packed) {
+        kr = packed(0, h, k0);
+        vr = packed(1, h, k0);
+      } else {
+        load_tile(kx, p.k_stride_token, p.k_stride_head, h, k0, nk, nk, true, 1.0f, kr, tmp);
+        load_tile(vx, p.v_stride_token, p.v_stride_head, h, k0, nk, nk, false, 1.0f, vr, tmp);
+        prefetch_rows(kx, p.k_stride_token, p.k_stride_head, h, k0 + BK, start + len);
+        prefetch_rows(vx, p.v_stride_token, p.v_stride_head, h, k0 + BK, start + len);
+      }
 
       for (int i = 0; i < nq16; i += kLanes) vstore(cm + i, vnat{} - INFINITY);
       bcast_gemm<BcastMode::kStoreColMax>(kr, Dp, 1, qt, BQF, st, BQF, nk, nq16, D, cm, kHeadDimChunk);
@@ -308,11 +319,47 @@ struct Attention {
     }
   }
 
+  // Row t of head h of packed_rows' first (which = 0) or second (1) tensor.
+  float* packed(int which, int h, int64_t t) const {
+    return packed_rows + ((static_cast<int64_t>(which) * H + h) * NT + t) * Dp;
+  }
+
+  bool has_long_segment() const {
+    for (int64_t s = 0; s < p.num_segments; ++s)
+      if (p.cu_seqlens[s + 1] - p.cu_seqlens[s] > kAttnPackKvMinLen) return true;
+    return false;
+  }
+
+  // The rows [t0, t0 + 64) of every segment longer than kAttnPackKvMinLen, all heads, into packed_rows: x0's
+  // rotated and times mult0 (packed(0, ...)), x1's as they are (packed(1, ...)).  One work unit reads 64 whole
+  // token rows (every head's values: contiguous for the usual [T, H, D] layout).
+  void pack_rows(int64_t t0, const void* x0, int64_t st0, int64_t sh0, float mult0, const void* x1, int64_t st1,
+                 int64_t sh1, float* tmp) const {
+    const int64_t t1 = t0 + BK < NT ? t0 + BK : NT;
+    for (int64_t seg = last_row_at_most(p.cu_seqlens, p.num_segments, 1, 0, t0); seg < p.num_segments; ++seg) {
+      const int64_t s0 = p.cu_seqlens[seg], s1 = p.cu_seqlens[seg + 1];
+      if (s0 >= t1) break;
+      const int64_t a = s0 > t0 ? s0 : t0, b = s1 < t1 ? s1 : t1;
+      if (s1 - s0 <= kAttnPackKvMinLen || a >= b) continue;
+      const int n = static_cast<int>(b - a);
+      for (int h = 0; h < H; ++h) {
+        load_tile(static_cast<const T*>(x0), st0, sh0, h, a, n, n, true, mult0, packed(0, h, a), tmp);
+        load_tile(static_cast<const T*>(x1), st1, sh1, h, a, n, n, false, 1.0f, packed(1, h, a), tmp);
+      }
+    }
+  }
+
   void forward() const {
     const int64_t items = prepare(BQF);
+    const bool any_long = has_long_segment();
 #pragma omp parallel num_threads(p.num_threads)
     {
       float* w = thread_tiles(omp_get_thread_num());
+      if (any_long) {
+#pragma omp for schedule(static)
+        for (int64_t t0 = 0; t0 < NT; t0 += BK)
+          pack_rows(t0, p.k, p.k_stride_token, p.k_stride_head, 1.0f, p.v, p.v_stride_token, p.v_stride_head, w);
+      }  // (the loop's barrier: every row is packed before any item reads it)
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) forward_item(item, w);
     }
@@ -602,7 +649,8 @@ struct Attention {
   }
 
   // Fused backward, one work item per (segment, head), FlashAttention-2's loop: for each 64-key block
-  // (K, V rotated once), for each 64-query block: S = Q K^T, dP = dO V^T, P and dS (softmax_grad),
+  // (K, V rotated once), for each 64-query block (Q rotated and dO loaded, or for a long segment read from
+  // packed_rows, which pack_rows filled once per call): S = Q K^T, dP = dO V^T, P and dS (softmax_grad),
   // dV^T += dO^T P, dK^T += Q^T dS, dQ += dS K, dQ accumulating in fp32 in dq_accum over the key blocks.
   // Five products per tile pair, none on a transposed copy: bcast_gemm broadcasts dO^T and Q^T from the
   // row-major tiles.  dV and dK are kept transposed ([D x 64], keys along the lanes) so that their products
@@ -618,9 +666,12 @@ struct Attention {
     float* krows = vt + Dp * BK;   // [64 x Dp]: K
     float* dkt = krows + BK * Dp;  // [Dp x 64]: dK^T
     float* dvt = dkt + Dp * BK;    // [Dp x 64]: dV^T
-    float* q = dvt + Dp * BK;      // [64 x Dp]: Q rotated and scaled
-    float* dout = q + BQ * Dp;     // [64 x Dp]
-    float* s = dout + BQ * Dp;     // [64 x 64]: S, then P
+    float* const q_tile = dvt + Dp * BK;   // [64 x Dp]: Q rotated and scaled (a segment not packed)
+    float* const do_tile = q_tile + BQ * Dp;  // [64 x Dp]: dO
+    float* q = q_tile;             // the query block's Q rows: q_tile or packed_rows
+    float* dout = do_tile;         // its dO rows
+    const bool is_packed = len > kAttnPackKvMinLen;  // Q and dO rows in packed_rows (pack_rows)
+    float* s = do_tile + BQ * Dp;  // [64 x 64]: S, then P
     float* dp = s + BQ * BK;       // [64 x 64]: dP, then dS
     float* tmp = s + 4 * BQ * BK;  // [Dp] (past the 4 tiles of 64 x 64 the layout reserves; 2 used)
     float* tmp2 = tmp + Dp;        // [Dp]
@@ -642,10 +693,15 @@ struct Attention {
       std::memset(dvt, 0, sizeof(float) * D * BK);
       for (int64_t q0 = start; q0 < start + len; q0 += BQ) {
         const int nq = static_cast<int>(start + len - q0 < BQ ? start + len - q0 : BQ);
-        load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, nq, true, p.scale, q, tmp);
-        load_tile(dox, p.dout_stride_token, p.dout_stride_head, h, q0, nq, nq, false, 1.0f, dout, tmp);
-        prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + BQ, start + len);
-        prefetch_rows(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + BQ, start + len);
+        if (is_packed) {
+          q = packed(0, h, q0);
+          dout = packed(1, h, q0);
+        } else {
+          load_tile(qx, p.q_stride_token, p.q_stride_head, h, q0, nq, nq, true, p.scale, q, tmp);
+          load_tile(dox, p.dout_stride_token, p.dout_stride_head, h, q0, nq, nq, false, 1.0f, dout, tmp);
+          prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + BQ, start + len);
+          prefetch_rows(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + BQ, start + len);
+        }
         bcast_gemm<BcastMode::kStore>(q, Dp, 1, kt, kLdS, s, kLdS, nq, nk16, D, nullptr, kHeadDimChunk);
         bcast_gemm<BcastMode::kStore>(dout, Dp, 1, vt, kLdS, dp, kLdS, nq, nk16, D, nullptr, kHeadDimChunk);
         softmax_grad(s, dp, p.lse + h * NT + q0, delta + h * NT + q0, nq, nk, len <= BK);
@@ -677,9 +733,16 @@ struct Attention {
       prepare(BQ);  // the cos/sin table (the block offsets go unused)
       compute_delta();
       const int64_t items = p.num_segments * H;
+      const bool any_long = has_long_segment();
 #pragma omp parallel num_threads(p.num_threads)
       {
         float* w = thread_tiles(omp_get_thread_num());
+        if (any_long) {
+#pragma omp for schedule(static)
+          for (int64_t t0 = 0; t0 < NT; t0 += BK)
+            pack_rows(t0, p.q, p.q_stride_token, p.q_stride_head, p.scale, p.dout, p.dout_stride_token,
+                      p.dout_stride_head, w);
+        }  // (barrier)
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < items; ++item) backward_fused_item(item, w);
       }

@@ -46,6 +46,8 @@ struct AttentionWorkspaceLayout {
   int64_t cos_sin = 0;     // float [T, D]: cos of the D/2 pairs, then sin, per token
   int64_t delta = 0;       // float [H, T]: rowsum(dout * out) (backward only)
   int64_t dq_accum = 0;    // float [H, T, Dp]: dq in fp32 while it accumulates (fused backward only)
+  int64_t packed_rows = 0;  // float [2, H, T, Dp]: rows of long segments (forward: K rotated, V; fused backward:
+                            // Q rotated and scaled, dO), fp32 (see below)
   int64_t per_thread = 0;  // per-thread tiles start here
   int64_t thread_bytes = 0;
   int64_t total = 0;
@@ -61,6 +63,18 @@ VL3FAST_HD bool attn_backward_fused(int64_t num_segments, int num_heads, int num
 }
 VL3FAST_HD int attn_padded_dim(int head_dim) { return (head_dim + kAttnVec - 1) / kAttnVec * kAttnVec; }
 
+// The fp32-tile forward reads the K and V rows of a segment longer than kAttnPackKvMinLen tokens from
+// packed_rows, filled once per call (K rotated), instead of loading and rotating each 64-key tile again for every
+// 256 queries: per head, contiguous rows of Dp floats instead of rows a token stride (H * D values, another 4 KiB
+// page per row at H = 16) apart.  The fused backward does the same with Q (rotated, scaled) and dO, which it
+// reads again for every 64-key block.  Measured (fp32 forward, H = 16, D = 72, one core of an AMD EPYC Zen 4 with
+// 1 MiB of L2, thread-CPU time; /tmp scripts, numbers in benchmarks/results/README.md): one 4096-token segment
+// 64-66 -> 82-86 GFLOP/s, 4 x 2048 +10-15%, 5 x 1536 and 8 x 1024 -0.5% to +9% (noise), 16 x 512 -6%: a
+// segment whose K and V rows of one head fit in L2 (2 x L x D x 4 bytes) keeps them there between its work
+// items, and the packed rows cost a write and fresh pages (the workspace is new memory on every call).
+// The rows of shorter segments are never written: those pages stay untouched.
+constexpr int kAttnPackKvMinLen = 4 * kAttnFwdBlockQ;
+//
 // Floats of one thread's tiles.  Forward: Q^T and O^T (D x 256, sized Dp x 256), K and V (64 x Dp), S^T
 // (64 x 256), m, l and the tile's column max (256), two padded rows.  Backward: 7 tiles of 64 x Dp (K^T, V^T,
 // dK, dV, Q, dO / Q, dO, dQ, K^T, V^T, K / fused: K^T, V^T, K, dK, dV, Q, dO), 4 tiles of 64 x 64 (S, dP,
@@ -99,6 +113,9 @@ VL3FAST_HD AttentionWorkspaceLayout attention_workspace_layout(int64_t num_token
   w.dq_accum = at;
   if (backward && attn_backward_fused(num_segments, num_heads, num_threads))
     at += attn_align64(static_cast<int64_t>(num_heads) * num_tokens * attn_padded_dim(head_dim) * 4);
+  w.packed_rows = at;
+  if (!backward || attn_backward_fused(num_segments, num_heads, num_threads))
+    at += attn_align64(2 * static_cast<int64_t>(num_heads) * num_tokens * attn_padded_dim(head_dim) * 4);
   w.per_thread = at;
   w.thread_bytes = attn_align64(attn_thread_floats(head_dim) * 4);
   at += w.thread_bytes * num_threads;

@@ -296,25 +296,34 @@ static inline void bcast_tail(int rows, const float* A, int64_t lda, int64_t ldk
   }
 }
 
+// The length of bcast_gemm's contraction chunks: K in equal chunks of at most kblock terms (kblock 40 takes
+// K = 72 as 2 x 36, not 40 + 32), the last one possibly shorter.
+static inline int bcast_chunk_step(int K, int kblock) {
+  const int chunks = (K + kblock - 1) / kblock;
+  return (K + chunks - 1) / chunks;
+}
+
+// For every column n of C's first `rows` rows: aux[n] = max(aux[n], C[., n]) (kStoreColMax after the last chunk).
+template <int NV>
+static inline void bcast_column_max(const float* C, int ldc, int rows, float* aux) {
+  for (int r = 0; r < rows; ++r)
+    for (int n = 0; n < NV * kGemmChunk; n += kLanes) vstore(aux + n, vmaximum(vload(aux + n), vload(C + r * ldc + n)));
+}
+
 template <int NV, BcastMode kMode>
 static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
                         int K, float* aux, int kblock) {
   constexpr int RI = bcast_rows<NV>();
   if (K > kblock) {  // first chunk as kMode (kStoreColMax: plain store), the rest added, then the max
     constexpr BcastMode kFirst = kMode == BcastMode::kStoreColMax ? BcastMode::kStore : kMode;
-    const int chunks = (K + kblock - 1) / kblock;
-    const int step = (K + chunks - 1) / chunks;  // equal chunks: kblock 40 takes K = 72 as 2 x 36, not 40 + 32
+    const int step = bcast_chunk_step(K, kblock);
     bcast_panel<NV, kFirst>(A, lda, ldk, B, ldb, C, ldc, M, step, aux, step);
     for (int k0 = step; k0 < K; k0 += step) {
       const int kb = K - k0 < step ? K - k0 : step;
       bcast_panel<NV, BcastMode::kAdd>(A + k0 * ldk, lda, ldk, B + static_cast<int64_t>(k0) * ldb, ldb, C, ldc, M,
                                        kb, nullptr, step);
     }
-    if constexpr (kMode == BcastMode::kStoreColMax) {
-      for (int r = 0; r < M; ++r)
-        for (int n = 0; n < NV * kGemmChunk; n += kLanes)
-          vstore(aux + n, vmaximum(vload(aux + n), vload(C + r * ldc + n)));
-    }
+    if constexpr (kMode == BcastMode::kStoreColMax) bcast_column_max<NV>(C, ldc, M, aux);
     return;
   }
   int m = 0;
@@ -322,12 +331,133 @@ static void bcast_panel(const float* A, int64_t lda, int64_t ldk, const float* B
   if (m < M) bcast_tail<NV, kMode>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, K, aux);
 }
 
+#if defined(__AVX512F__)
+// Two chunks of the contraction at once (AVX-512): accumulator set a sums the terms [0, step), set b the terms
+// [step, step + kb) (kb <= step) in the same k loop, and the epilogue computes C (op)= a, then + b: the
+// rounding of the chunks run one after the other (bcast_panel), only the schedule differs.  Why: a head-dim
+// contraction in 2 chunks run one after the other measured ~20% below one chain of the same length (the
+// forward's q.k^T tile, D = 72: 85-91 against 106-110 GFLOP/s of one 72-term chain, one core of an AMD EPYC
+// Zen 4; benchmarks/bcast_tile.cpp), while both chunks in one register block ran 100-108.  Register block:
+// kPairRows x kPairChunks zmm per set, 2 x 5 x 2 = 20 accumulators + 2 B vectors + 1 broadcast.
+constexpr int kPairRows = 5;
+constexpr int kPairChunks = 2;  // bcast_gemm takes panels of 2 chunks, then 1 (N is a multiple of 16)
+
+template <int RI, int NV, BcastMode kMode>
+static inline void bcast_pair_kernel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C,
+                                     int ldc, int step, int kb, float* aux) {
+  constexpr int NN = NV * kGemmChunk / kLanes;
+  vnat ca[RI][NN], cb[RI][NN];
+  for (int r = 0; r < RI; ++r)
+    for (int n = 0; n < NN; ++n) ca[r][n] = cb[r][n] = vnat{};
+  const int64_t a_off = step * ldk, b_off = static_cast<int64_t>(step) * ldb;
+  const float* a = A;
+  const float* b_row = B;
+  int kk = 0;
+  for (; kk < kb; ++kk, a += ldk, b_row += ldb) {
+    {  // chunk a's term kk
+      vnat b[NN];
+      for (int n = 0; n < NN; ++n) b[n] = vload(b_row + n * kLanes);
+      for (int r = 0; r < RI; ++r) {
+        const vnat ar = vbroadcast(a + r * lda);
+        for (int n = 0; n < NN; ++n) ca[r][n] += ar * b[n];
+      }
+    }
+    {  // chunk b's term kk (its own B registers: the compiler then keeps at most NN B vectors live)
+      vnat b[NN];
+      for (int n = 0; n < NN; ++n) b[n] = vload(b_row + b_off + n * kLanes);
+      for (int r = 0; r < RI; ++r) {
+        const vnat ar = vbroadcast(a + a_off + r * lda);
+        for (int n = 0; n < NN; ++n) cb[r][n] += ar * b[n];
+      }
+    }
+  }
+  for (; kk < step; ++kk, a += ldk, b_row += ldb) {  // chunk b shorter (the contraction's last chunk)
+    vnat b[NN];
+    for (int n = 0; n < NN; ++n) b[n] = vload(b_row + n * kLanes);
+    for (int r = 0; r < RI; ++r) {
+      const vnat ar = vbroadcast(a + r * lda);
+      for (int n = 0; n < NN; ++n) ca[r][n] += ar * b[n];
+    }
+  }
+  for (int n = 0; n < NN; ++n) {
+    const vnat s = kMode == BcastMode::kScaleAdd ? vload(aux + n * kLanes) : vnat{};
+    for (int r = 0; r < RI; ++r) {
+      float* cr = C + r * ldc + n * kLanes;
+      vnat v = ca[r][n];
+      if constexpr (kMode == BcastMode::kAdd) v = vload(cr) + v;
+      else if constexpr (kMode == BcastMode::kScaleAdd) v = vload(cr) * s + v;
+      v = v + cb[r][n];
+      vstore(cr, v);
+      ca[r][n] = v;
+    }
+  }
+  if constexpr (kMode == BcastMode::kStoreColMax) {
+    for (int n = 0; n < NN; ++n) {
+      vnat mx = vload(aux + n * kLanes);
+      for (int r = 0; r < RI; ++r) mx = vmaximum(mx, ca[r][n]);
+      vstore(aux + n * kLanes, mx);
+    }
+  }
+}
+
+template <int NV, BcastMode kMode, int R = kPairRows - 1>
+static inline void bcast_pair_tail(int rows, const float* A, int64_t lda, int64_t ldk, const float* B, int ldb,
+                                   float* C, int ldc, int step, int kb, float* aux) {
+  if constexpr (R > 0) {
+    if (rows == R) return bcast_pair_kernel<R, NV, kMode>(A, lda, ldk, B, ldb, C, ldc, step, kb, aux);
+    bcast_pair_tail<NV, kMode, R - 1>(rows, A, lda, ldk, B, ldb, C, ldc, step, kb, aux);
+  }
+}
+
+template <int NV, BcastMode kMode>
+static void bcast_pair_panel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc,
+                             int M, int step, int kb, float* aux) {
+  int m = 0;
+  for (; m + kPairRows <= M; m += kPairRows)
+    bcast_pair_kernel<kPairRows, NV, kMode>(A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, step, kb, aux);
+  if (m < M) bcast_pair_tail<NV, kMode>(M - m, A + m * lda, lda, ldk, B, ldb, C + m * ldc, ldc, step, kb, aux);
+}
+
+// One panel of NV (<= kPairChunks) column chunks, K in chunks of bcast_chunk_step(K, kblock) terms taken two at
+// a time; the first pair in kMode (kStoreColMax: the max with it when it is the only pair, else after the last),
+// the rest added; an odd last chunk runs alone (bcast_panel, kAdd).
+template <int NV, BcastMode kMode>
+static void bcast_pairs(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
+                        int K, float* aux, int kblock) {
+  constexpr BcastMode kFirst = kMode == BcastMode::kStoreColMax ? BcastMode::kStore : kMode;
+  const int step = bcast_chunk_step(K, kblock);
+  if (K <= 2 * step) return bcast_pair_panel<NV, kMode>(A, lda, ldk, B, ldb, C, ldc, M, step, K - step, aux);
+  bcast_pair_panel<NV, kFirst>(A, lda, ldk, B, ldb, C, ldc, M, step, step, aux);
+  for (int k0 = 2 * step; k0 < K; k0 += 2 * step) {
+    const float* Ak = A + k0 * ldk;
+    const float* Bk = B + static_cast<int64_t>(k0) * ldb;
+    const int left = K - k0;
+    if (left > step) bcast_pair_panel<NV, BcastMode::kAdd>(Ak, lda, ldk, Bk, ldb, C, ldc, M, step,
+                                                           left - step < step ? left - step : step, nullptr);
+    else bcast_panel<NV, BcastMode::kAdd>(Ak, lda, ldk, Bk, ldb, C, ldc, M, left, nullptr, left);
+  }
+  if constexpr (kMode == BcastMode::kStoreColMax) bcast_column_max<NV>(C, ldc, M, aux);
+}
+#endif
+
 // C[M x N] (op)= A B, op given by kMode, K in chunks of <= kblock; aux: kScaleAdd's column scales or
 // kStoreColMax's running column max (N floats), else unused (nullptr).  Column panels outer, rows inner: one
 // panel of B (K x 16 * kBcastChunks) stays in L1 while A streams.
 template <BcastMode kMode>
 static void bcast_gemm(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc, int M,
                        int N, int K, float* aux, int kblock) {
+#if defined(__AVX512F__)
+  if (K > kblock) {  // several chunks: two at a time (bcast_pairs), in panels of kPairChunks column chunks
+    for (int n0 = 0; n0 < N; n0 += kPairChunks * kGemmChunk) {
+      float* x = aux != nullptr ? aux + n0 : nullptr;
+      if (N - n0 >= kPairChunks * kGemmChunk)
+        bcast_pairs<kPairChunks, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x, kblock);
+      else
+        bcast_pairs<1, kMode>(A, lda, ldk, B + n0, ldb, C + n0, ldc, M, K, x, kblock);
+    }
+    return;
+  }
+#endif
   for (int n0 = 0; n0 < N;) {
 #if defined(__AVX512F__)
     const int left = (N - n0) / kGemmChunk;

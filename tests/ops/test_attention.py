@@ -89,7 +89,7 @@ def test_many_segments(num_segments):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_one_long_segment_among_many_tiny(dtype):
-    lengths = [1, 2, 1, 3] * 15 + [700] + [2, 1] * 10
+    lengths = [1, 2, 1, 3] * 15 + [1100] + [2, 1] * 10  # 1100: its K/V rows are packed (attention_tiles.h)
     assert_matches_reference(*_packed(lengths, 2, 72, dtype))
 
 
@@ -101,8 +101,9 @@ def test_backward_schedules(dtype, schedule):
     are bf16 dot-product kernels, kernels/attention_bf16_backward.cpp)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    try:  # 2 segments: 8 heads -> 16 items (fused), 1 head -> 2 items (two passes)
-        assert_matches_reference(*_packed([300, 65], 8 if schedule == "fused" else 1, 72, dtype))
+    try:  # 2 segments: 8 heads -> 16 items (fused), 1 head -> 2 items (two passes); 1100 tokens: the fp32-tile
+        # kernels read its rows packed (kAttnPackKvMinLen, attention_tiles.h)
+        assert_matches_reference(*_packed([1100, 65], 8 if schedule == "fused" else 1, 72, dtype))
     finally:
         torch.set_num_threads(threads)
 
@@ -137,10 +138,11 @@ def test_real_grid_positions(merge_size, dtype):
 
 
 def test_fused_qkv_projection_views():
-    """q, k, v as strided views of one [T, 3, H, D] projection: same results as contiguous copies."""
+    """q, k, v as strided views of one [T, 3, H, D] projection: same results as contiguous copies (a segment
+    whose K and V rows the forward packs first, longer than kAttnPackKvMinLen = 1024, and a short one)."""
     gen = torch.Generator().manual_seed(3)
-    T, H, D = 150, 3, 72
-    pos, cu = rope2d_position_ids([[1, 10, 10], [1, 5, 10]], [2, 1])
+    T, H, D = 1138, 3, 72
+    pos, cu = rope2d_position_ids([[1, 32, 34], [1, 5, 10]], [2, 1])
     x = torch.randn(T, 40, generator=gen)
     w = torch.randn(3 * H * D, 40, generator=gen) / 7
     qkv = (x @ w.t()).view(T, 3, H, D)
