@@ -251,6 +251,18 @@ constexpr int bcast_rows() {
 // which and why; vec_math's gemm blocks its K by kGemmKBlock for the same reason).
 enum class BcastMode { kStore, kAdd, kScaleAdd, kStoreColMax };
 
+// One term of the contraction for a register block: c[r][.] += A(r, k) * B's row k (row b_row; A(r, k) at
+// a[r * lda]).  Its own B registers, so a caller running two accumulator sets keeps at most NN B vectors live.
+template <int RI, int NN>
+static inline void bcast_step(vnat (&c)[RI][NN], const float* a, int64_t lda, const float* b_row) {
+  vnat b[NN];
+  for (int n = 0; n < NN; ++n) b[n] = vload(b_row + n * kLanes);
+  for (int r = 0; r < RI; ++r) {
+    const vnat ar = vbroadcast(a + r * lda);
+    for (int n = 0; n < NN; ++n) c[r][n] += ar * b[n];
+  }
+}
+
 template <int RI, int NV, BcastMode kMode>
 static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc,
                                 int K, float* aux) {
@@ -260,14 +272,7 @@ static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const 
     for (int n = 0; n < NN; ++n) c[r][n] = vnat{};
   const float* a = A;
   const float* b_row = B;
-  for (int kk = 0; kk < K; ++kk, a += ldk, b_row += ldb) {
-    vnat b[NN];
-    for (int n = 0; n < NN; ++n) b[n] = vload(b_row + n * kLanes);
-    for (int r = 0; r < RI; ++r) {
-      const vnat ar = vbroadcast(a + r * lda);
-      for (int n = 0; n < NN; ++n) c[r][n] += ar * b[n];
-    }
-  }
+  for (int kk = 0; kk < K; ++kk, a += ldk, b_row += ldb) bcast_step<RI, NN>(c, a, lda, b_row);
   for (int n = 0; n < NN; ++n) {
     const vnat s = kMode == BcastMode::kScaleAdd ? vload(aux + n * kLanes) : vnat{};
     for (int r = 0; r < RI; ++r) {
@@ -353,32 +358,11 @@ static inline void bcast_pair_kernel(const float* A, int64_t lda, int64_t ldk, c
   const float* a = A;
   const float* b_row = B;
   int kk = 0;
-  for (; kk < kb; ++kk, a += ldk, b_row += ldb) {
-    {  // chunk a's term kk
-      vnat b[NN];
-      for (int n = 0; n < NN; ++n) b[n] = vload(b_row + n * kLanes);
-      for (int r = 0; r < RI; ++r) {
-        const vnat ar = vbroadcast(a + r * lda);
-        for (int n = 0; n < NN; ++n) ca[r][n] += ar * b[n];
-      }
-    }
-    {  // chunk b's term kk (its own B registers: the compiler then keeps at most NN B vectors live)
-      vnat b[NN];
-      for (int n = 0; n < NN; ++n) b[n] = vload(b_row + b_off + n * kLanes);
-      for (int r = 0; r < RI; ++r) {
-        const vnat ar = vbroadcast(a + a_off + r * lda);
-        for (int n = 0; n < NN; ++n) cb[r][n] += ar * b[n];
-      }
-    }
+  for (; kk < kb; ++kk, a += ldk, b_row += ldb) {  // term kk of chunk a, then of chunk b
+    bcast_step<RI, NN>(ca, a, lda, b_row);
+    bcast_step<RI, NN>(cb, a + a_off, lda, b_row + b_off);
   }
-  for (; kk < step; ++kk, a += ldk, b_row += ldb) {  // chunk b shorter (the contraction's last chunk)
-    vnat b[NN];
-    for (int n = 0; n < NN; ++n) b[n] = vload(b_row + n * kLanes);
-    for (int r = 0; r < RI; ++r) {
-      const vnat ar = vbroadcast(a + r * lda);
-      for (int n = 0; n < NN; ++n) ca[r][n] += ar * b[n];
-    }
-  }
+  for (; kk < step; ++kk, a += ldk, b_row += ldb) bcast_step<RI, NN>(ca, a, lda, b_row);  // chunk b shorter
   for (int n = 0; n < NN; ++n) {
     const vnat s = kMode == BcastMode::kScaleAdd ? vload(aux + n * kLanes) : vnat{};
     for (int r = 0; r < RI; ++r) {
