@@ -119,50 +119,12 @@ static void gemm(const float* A, int lda, const float* B, int ldb, float* C, int
   }
 }
 
-// exp(x) for x <= 0 (softmax arguments after subtracting the row max), vectorizable: no calls, no
-// branches.  2^n * 2^f with a degree-6 polynomial on |f*ln2| <= 0.35: relative error ~2e-7.
-static inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float t = x * 1.44269504088896341f;
-  const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float g = (t - n) * 0.693147180559945309f;
-  float p = 1.0f / 720.0f;
-  p = p * g + 1.0f / 120.0f;
-  p = p * g + 1.0f / 24.0f;
-  p = p * g + 1.0f / 6.0f;
-  p = p * g + 0.5f;
-  p = p * g + 1.0f;
-  p = p * g + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
 // exp(x) for x <= 0 to about 1 ulp (the backward's softmax, whose P enters dv = P^T dO directly, so its
 // error must match torch's ~1 ulp expf): Cody-Waite reduction x = n ln2 + r with ln2 split in two (n * the
 // high part is exact), then Cephes' degree-5 minimax polynomial for exp(r) - 1 - r on |r| <= ln2 / 2.
-// exp_nonpositive instead rounds x * log2(e) first, which costs up to |x| * 2^-24 of relative error.
-static inline float exp_nonpositive_precise(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-// exp_nonpositive_precise on a whole native vector (the same arithmetic lane by lane).  The backward's softmax
-// calls it: a call of the scalar function inside an `omp simd` loop is not inlined there, so that loop ran one
-// exp call per element (~a quarter of the bf16 backward's time, measured by perf on image896).
+// (Rounding x * log2(e) first instead costs up to |x| * 2^-24 of relative error.)  On whole native vectors: the
+// backward's softmax calls it so; a scalar function called inside an `omp simd` loop is not inlined there, and
+// that loop ran one exp call per element (~a quarter of the bf16 backward's time, measured by perf on image896).
 static inline vnat vexp_nonpositive_precise(vnat x) {
   typedef int32_t vint __attribute__((vector_size(sizeof(vnat))));
   const vnat lo = vnat{} - 87.0f;
@@ -182,25 +144,10 @@ static inline vnat vexp_nonpositive_precise(vnat x) {
   return p * scale;
 }
 
-// exp_nonpositive on a whole native vector (the same arithmetic lane by lane).
-static inline vnat vexp_nonpositive(vnat x) {
-  typedef int32_t vint __attribute__((vector_size(sizeof(vnat))));
-  const vnat lo = vnat{} - 87.0f;
-  x = x < lo ? lo : x;
-  const vnat t = x * 1.44269504088896341f;
-  const vnat n = (t + 12582912.0f) - 12582912.0f;
-  const vnat g = (t - n) * 0.693147180559945309f;
-  vnat p = vnat{} + 1.0f / 720.0f;
-  p = p * g + 1.0f / 120.0f;
-  p = p * g + 1.0f / 24.0f;
-  p = p * g + 1.0f / 6.0f;
-  p = p * g + 0.5f;
-  p = p * g + 1.0f;
-  p = p * g + 1.0f;
-  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
-  vnat scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+// The same on one float (a row's last < kLanes elements): one place for the arithmetic.
+static inline float exp_nonpositive_precise(float x) {
+  const vnat e = vexp_nonpositive_precise(vnat{} + x);
+  return e[0];
 }
 
 static inline vnat vmaximum(vnat a, vnat b) { return a > b ? a : b; }
@@ -469,7 +416,7 @@ static_assert(kBcastChunks == 1 || kBcastChunks == 4, "bcast_gemm's panel switch
 
 // 2^t for t <= 0 (softmax arguments in log2 units, after subtracting the running max), vectorized; NaN stays
 // NaN.  2^n * 2^f, n = round(t), |f| <= 1/2, 2^f by its degree-7 Taylor series in f*ln2: relative error
-// ~1e-8 before rounding (the existing exp_nonpositive is degree 6, ~2e-7).  Below -126 the result is 2^-126 * 2^f
+// ~1e-8 before rounding (a degree-6 series would be ~2e-7).  Below -126 the result is 2^-126 * 2^f
 // (~1e-38, i.e. 0 for a softmax weight).  AVX-512: vrndscaleps / vscalefps; else the exponent bits directly.
 static inline vnat vexp2_nonpositive(vnat t) {
 #if defined(__AVX512F__)
