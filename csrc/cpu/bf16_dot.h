@@ -144,6 +144,17 @@ static inline void round_to_bf16(const float* x, uint16_t* out, int n) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + d), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + d)));
 }
 
+// One row of a bf16 tensor (src: one head's values at token t), rotated in fp32 with the kernel's cos/sin table
+// and rounded to bf16 once, zero padded to Dp: q and k as the bf16 forward and backward both read them (the same
+// rounding, so the backward's S is the forward's).  `a` is their Attention<bf16, kD> (attention_kernel.h).
+template <class Kernel, class Src>
+static inline void rotated_bf16_row(const Kernel& a, const Src* src, int64_t t, float* in, float* rot, uint16_t* out) {
+  a.load_row(src, in);
+  a.rotate_row(in, t, 1.0f, 1.0f, rot);
+  for (int d = a.D; d < a.Dp; ++d) rot[d] = 0.0f;
+  round_to_bf16(rot, out, a.Dp);
+}
+
 // D values of two bf16 rows -> D words (v0[d] | v1[d] << 16); v1 == nullptr: zeros.
 static inline void interleave_rows(const uint16_t* v0, const uint16_t* v1, int D, uint32_t* dst) {
   for (int d = 0; d < D; d += 16) {

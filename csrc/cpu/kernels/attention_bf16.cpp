@@ -35,14 +35,6 @@ struct Bf16DotForward {
 
   explicit Bf16DotForward(const AttentionParams& p) : a(p, false) {}
 
-  // One row of x (bf16) at token t, rotated in fp32 and rounded to bf16, zero padded to Dp.
-  void rotated_row(const bf16* src, int64_t t, float* in, float* rot, uint16_t* out) const {
-    a.load_row(src, in);
-    a.rotate_row(in, t, 1.0f, 1.0f, rot);
-    for (int d = a.D; d < a.Dp; ++d) rot[d] = 0.0f;
-    round_to_bf16(rot, out, a.Dp);
-  }
-
   void item(int64_t item, float* w) const {
     const AttentionParams& p = a.p;
     const auto rows = a.item_rows(item, BQF);
@@ -75,7 +67,7 @@ struct Bf16DotForward {
     for (int i = 0; i < nq16; ++i) {
       if (i % BK == 0) a.prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + i + BK, q0 + nq);
       if (i < nq) {
-        rotated_row(qx + (q0 + i) * p.q_stride_token + h * p.q_stride_head, q0 + i, in, rot, row16);
+        rotated_bf16_row(a, qx + (q0 + i) * p.q_stride_token + h * p.q_stride_head, q0 + i, in, rot, row16);
         const uint32_t* words = reinterpret_cast<const uint32_t*>(row16);
         for (int c = 0; c < D2; ++c) qp[c * kLd + i] = words[c];
       } else {
@@ -89,7 +81,7 @@ struct Bf16DotForward {
       const int pairs = (nk + 1) / 2;
       const bool first = k0 == start;
       for (int j = 0; j < nk; ++j)
-        rotated_row(kx + (k0 + j) * p.k_stride_token + h * p.k_stride_head, k0 + j, in, rot,
+        rotated_bf16_row(a, kx + (k0 + j) * p.k_stride_token + h * p.k_stride_head, k0 + j, in, rot,
                     reinterpret_cast<uint16_t*>(kp + j * Dp2));
       for (int jp = 0; jp < pairs; ++jp) {
         const uint16_t* v0 = vx + (k0 + 2 * jp) * p.v_stride_token + h * p.v_stride_head;

@@ -57,15 +57,6 @@ struct Bf16DotBackward {
 
   explicit Bf16DotBackward(const AttentionParams& p) : a(p, true) {}
 
-  // Row t of x (bf16, head h), rotated in fp32 and rounded to bf16 as the forward's, zero padded to Dp.
-  void rotated_row(const bf16* x, int64_t st, int64_t sh, int h, int64_t t, float* in, float* rot,
-                   uint16_t* out) const {
-    a.load_row(x + t * st + h * sh, in);
-    a.rotate_row(in, t, 1.0f, 1.0f, rot);
-    for (int d = a.D; d < a.Dp; ++d) rot[d] = 0.0f;
-    round_to_bf16(rot, out, a.Dp);
-  }
-
   // Row t of x (bf16, head h) as it is, zero padded to Dp.
   void plain_row(const bf16* x, int64_t st, int64_t sh, int h, int64_t t, uint16_t* out) const {
     std::memcpy(out, x + t * st + h * sh, sizeof(uint16_t) * a.D);
@@ -165,8 +156,8 @@ struct Bf16DotBackward {
     const bf16* vx = static_cast<const bf16*>(p.v);
     const int D2 = a.D / 2, Dp2 = a.Dp / 2;
     for (int j = 0; j < nk; ++j)
-      rotated_row(kx, p.k_stride_token, p.k_stride_head, h, k0 + j, t.in, t.rot,
-                  reinterpret_cast<uint16_t*>(t.krows + j * Dp2));
+      rotated_bf16_row(a, kx + (k0 + j) * p.k_stride_token + h * p.k_stride_head, k0 + j, t.in, t.rot,
+                       reinterpret_cast<uint16_t*>(t.krows + j * Dp2));
     transpose_words(t.krows, Dp2, nk, D2, kt.ktp, BK);
     pair_rows(t.krows, nk, kt.kpp);
     for (int j = 0; j < nk; ++j)
@@ -183,8 +174,8 @@ struct Bf16DotBackward {
     const bf16* dox = static_cast<const bf16*>(p.dout);
     const int Dp2 = a.Dp / 2;
     for (int i = 0; i < nq; ++i) {
-      rotated_row(qx, p.q_stride_token, p.q_stride_head, h, q0 + i, t.in, t.rot,
-                  reinterpret_cast<uint16_t*>(t.qr + i * Dp2));
+      rotated_bf16_row(a, qx + (q0 + i) * p.q_stride_token + h * p.q_stride_head, q0 + i, t.in, t.rot,
+                       reinterpret_cast<uint16_t*>(t.qr + i * Dp2));
       plain_row(dox, p.dout_stride_token, p.dout_stride_head, h, q0 + i, reinterpret_cast<uint16_t*>(t.dor + i * Dp2));
     }
     a.prefetch_rows(qx, p.q_stride_token, p.q_stride_head, h, q0 + BQ, end);
