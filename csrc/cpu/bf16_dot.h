@@ -25,20 +25,27 @@ template <int RI, int NV, BcastMode kMode>
 static inline void dot_block(const uint32_t* A, int64_t lda, int64_t ldk, const uint32_t* B, int ldb, float* C,
                              int ldc, int K2, float* aux) {
   __m512 c[RI][NV];
+  VL3FAST_UNROLL
   for (int r = 0; r < RI; ++r)
+    VL3FAST_UNROLL
     for (int n = 0; n < NV; ++n) c[r][n] = _mm512_setzero_ps();
   const uint32_t* a = A;
   const uint32_t* b_row = B;
   for (int kk = 0; kk < K2; ++kk, a += ldk, b_row += ldb) {
     __m512bh b[NV];
+    VL3FAST_UNROLL
     for (int n = 0; n < NV; ++n) b[n] = (__m512bh)_mm512_loadu_si512(b_row + 16 * n);
+    VL3FAST_UNROLL
     for (int r = 0; r < RI; ++r) {
       const __m512bh ar = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * lda]));
+      VL3FAST_UNROLL
       for (int n = 0; n < NV; ++n) c[r][n] = _mm512_dpbf16_ps(c[r][n], ar, b[n]);
     }
   }
+  VL3FAST_UNROLL
   for (int n = 0; n < NV; ++n) {
     const __m512 s = kMode == BcastMode::kScaleAdd ? _mm512_loadu_ps(aux + 16 * n) : _mm512_setzero_ps();
+    VL3FAST_UNROLL
     for (int r = 0; r < RI; ++r) {
       float* cr = C + r * ldc + 16 * n;
       if constexpr (kMode == BcastMode::kScaleAdd) c[r][n] = _mm512_fmadd_ps(_mm512_loadu_ps(cr), s, c[r][n]);
@@ -47,6 +54,7 @@ static inline void dot_block(const uint32_t* A, int64_t lda, int64_t ldk, const 
     }
     if constexpr (kMode == BcastMode::kStoreColMax) {
       __m512 mx = _mm512_loadu_ps(aux + 16 * n);
+      VL3FAST_UNROLL
       for (int r = 0; r < RI; ++r) mx = (__m512)vmaximum((vnat)mx, (vnat)c[r][n]);
       _mm512_storeu_ps(aux + 16 * n, mx);
     }
