@@ -228,6 +228,18 @@ static inline void bcast_step(vnat (&c)[RI][NN], const float* a, int64_t lda, co
   }
 }
 
+// kStoreColMax's epilogue: aux[n] = max(aux[n], max over the block's rows of c[., n]).
+template <int RI, int NN>
+static inline void block_column_max(const vnat (&c)[RI][NN], float* aux) {
+  VL3FAST_UNROLL
+  for (int n = 0; n < NN; ++n) {
+    vnat mx = vload(aux + n * kLanes);
+    VL3FAST_UNROLL
+    for (int r = 0; r < RI; ++r) mx = vmaximum(mx, c[r][n]);
+    vstore(aux + n * kLanes, mx);
+  }
+}
+
 template <int RI, int NV, BcastMode kMode>
 static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const float* B, int ldb, float* C, int ldc,
                                 int K, float* aux) {
@@ -251,15 +263,7 @@ static inline void bcast_kernel(const float* A, int64_t lda, int64_t ldk, const 
       else vstore(cr, c[r][n]);
     }
   }
-  if constexpr (kMode == BcastMode::kStoreColMax) {
-    VL3FAST_UNROLL
-    for (int n = 0; n < NN; ++n) {
-      vnat mx = vload(aux + n * kLanes);
-      VL3FAST_UNROLL
-      for (int r = 0; r < RI; ++r) mx = vmaximum(mx, c[r][n]);
-      vstore(aux + n * kLanes, mx);
-    }
-  }
+  if constexpr (kMode == BcastMode::kStoreColMax) block_column_max<RI, NN>(c, aux);
 }
 
 // The rows of one column panel: whole register blocks, then the remaining rows in one block.
@@ -350,15 +354,7 @@ static inline void bcast_pair_kernel(const float* A, int64_t lda, int64_t ldk, c
       ca[r][n] = v;
     }
   }
-  if constexpr (kMode == BcastMode::kStoreColMax) {
-    VL3FAST_UNROLL
-    for (int n = 0; n < NN; ++n) {
-      vnat mx = vload(aux + n * kLanes);
-      VL3FAST_UNROLL
-      for (int r = 0; r < RI; ++r) mx = vmaximum(mx, ca[r][n]);
-      vstore(aux + n * kLanes, mx);
-    }
-  }
+  if constexpr (kMode == BcastMode::kStoreColMax) block_column_max<RI, NN>(ca, aux);
 }
 
 template <int NV, BcastMode kMode, int R = kPairRows - 1>
