@@ -82,7 +82,7 @@ struct Bf16DotForward {
       const bool first = k0 == start;
       for (int j = 0; j < nk; ++j)
         rotated_bf16_row(a, kx + (k0 + j) * p.k_stride_token + h * p.k_stride_head, k0 + j, in, rot,
-                    reinterpret_cast<uint16_t*>(kp + j * Dp2));
+                         reinterpret_cast<uint16_t*>(kp + j * Dp2));
       for (int jp = 0; jp < pairs; ++jp) {
         const uint16_t* v0 = vx + (k0 + 2 * jp) * p.v_stride_token + h * p.v_stride_head;
         interleave_rows(v0, 2 * jp + 1 < nk ? v0 + p.v_stride_token : nullptr, D, vp + jp * Dp);
