@@ -70,7 +70,7 @@ def test_register_blocks_keep_accumulators_in_registers():
                 continue
             checked += 1
             stores = stack_stores_in_loops(instructions)
-            assert not stores, f"{obj.parent.parent.parent.parent.name} {name}: {stores[:4]}"
+            assert not stores, f"{obj.relative_to(ROOT)} {name}: {stores[:4]}"
     # Most blocks are inlined into their callers; at least one out-of-line copy per build is what is checked.
     assert checked > 0, "no out-of-line register-block function found: the names above have changed"
 
